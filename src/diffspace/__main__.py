@@ -1,0 +1,5 @@
+import sys
+
+from diffspace.cli import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+"""Denoisers D(x; σ): exact ones for known data, and the Denoiser contract (see DESIGN.md)."""
+
+from diffspace.denoisers.analytic import Empirical, Gaussian, GaussianMixture
+
+__all__ = ["Empirical", "Gaussian", "GaussianMixture"]

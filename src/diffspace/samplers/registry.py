@@ -1,0 +1,100 @@
+"""Sampler registry: name -> function, NFE formula and accepted options. Unknown names and options are refused
+by name instead of being ignored."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from diffspace.errors import ConfigError
+
+COMMON = ("extra_args", "callback", "disable", "dtype", "stats")
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler. Call it like the function; `nfe(sigmas)` is the number of denoiser calls it makes."""
+
+    name: str
+    fn: Callable
+    nfe_fn: Callable[[torch.Tensor], int]
+    stochastic: bool = False
+    order: float | None = None
+    summary: str = ""
+    options: tuple[str, ...] = field(default=())
+
+    def nfe(self, sigmas) -> int:
+        return int(self.nfe_fn(torch.as_tensor(sigmas)))
+
+    def check_options(self, options: dict) -> None:
+        unknown = sorted(set(options) - set(self.options) - set(COMMON) - {"noise"})
+        if unknown:
+            known = ", ".join(self.options) or "none"
+            raise ConfigError(f"sampler {self.name!r} does not take option(s) {', '.join(unknown)}; it takes: {known}")
+
+    def __call__(self, model, x, sigmas, **options):
+        self.check_options(options)
+        if "noise" in options and "noise" not in self._params:
+            options.pop("noise")  # deterministic samplers draw no noise
+        return self.fn(model, x, sigmas, **options)
+
+    @property
+    def _params(self) -> set[str]:
+        return set(inspect.signature(self.fn).parameters)
+
+
+_REGISTRY: dict[str, Sampler] = {}
+
+
+def register(name: str, fn: Callable, nfe: Callable[[torch.Tensor], int], *, stochastic: bool = False,
+             order: float | None = None, summary: str = "") -> Sampler:
+    params = inspect.signature(fn).parameters
+    options = tuple(p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in COMMON)
+    entry = Sampler(name, fn, nfe, stochastic, order, summary or (fn.__doc__ or "").strip().split("\n")[0], options)
+    _REGISTRY[name] = entry
+    return entry
+
+
+def get(name: str) -> Sampler:
+    """The registered sampler called `name`."""
+    _load_all()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown sampler {name!r}: known samplers are {', '.join(names())}")
+    return _REGISTRY[name]
+
+
+def names() -> list[str]:
+    """Names of all registered samplers, sorted."""
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def _load_all() -> None:
+    import importlib
+
+    for module in ("diffspace.samplers.edm", "diffspace.samplers.li", "diffspace.samplers.multistep"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise
+
+
+def steps_of(sigmas: torch.Tensor) -> int:
+    return len(sigmas) - 1
+
+
+def ends_at_zero(sigmas: torch.Tensor) -> bool:
+    return float(sigmas[-1]) == 0.0
+
+
+def nfe_one_per_step(sigmas: torch.Tensor) -> int:
+    return steps_of(sigmas)
+
+
+def nfe_heun(sigmas: torch.Tensor) -> int:
+    """2 per step, 1 for a final step to σ = 0 (2N−1 on grids ending in 0)."""
+    return 2 * steps_of(sigmas) - int(ends_at_zero(sigmas))
