@@ -1,0 +1,1 @@
+"""Training: losses, augmentation, EMA and the training loop (spec section 1.6)."""
