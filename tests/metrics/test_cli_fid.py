@@ -5,18 +5,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from diffspace.cli import main
 from diffspace.errors import DataError
 from diffspace.metrics import features as F
-from diffspace.metrics.images import ArraySource, FolderSource, as_nchw_uint8, open_images, select
+from diffspace.metrics.images import ArraySource, open_images, select
 from diffspace.metrics.smallfeat import FeatureNet, save_feature_net
 
 
 @pytest.fixture
 def net_path(tmp_path):
     path = tmp_path / "feat.safetensors"
+    torch.manual_seed(0)
     save_feature_net(FeatureNet(1, 8, 10, width=4, feature_dim=16), path, dataset="toy")
     return path
 
@@ -60,11 +62,12 @@ def test_ref_and_calc(tmp_path, net_path, capsys):
     assert abs(vals["FID"]) < 1e-4 and vals["precision"] == vals["recall"] == vals["coverage"] == 1.0
     data = json.loads(out_json.read_text())
     assert data["num_images"] == 60 and data["FID"] < 1e-6
-    # Different images: positive FID and KID, reproducible.
+    # Different images: FID and KID well above the round-off of the identical case, and reproducible.
     argv[3] = str(tmp_path / "other.npz")
     assert main(argv) == 0
     first = capsys.readouterr().out
-    assert float(first.split()[1]) > 1e-4 and float(first.split()[3]) > 0  # FID, KID (same images gave 0)
+    other = json.loads(out_json.read_text())
+    assert other["FID"] > 1e3 * max(data["FID"], 1e-12) and other["KID"] > 10 * other["KID_std"] / np.sqrt(5)
     assert main(argv) == 0 and capsys.readouterr().out == first
 
 
@@ -105,11 +108,11 @@ def test_cli_errors_leave_nothing(tmp_path, net_path, capsys, monkeypatch):
     mixed = _folder(tmp_path / "mixed", _images(3, 3))
     Image.fromarray(_images(1, 4, size=9)[0], mode="L").save(mixed / "zz.png")
     code = main(["fid", "calc", "--images", str(mixed), "--ref", str(ref), "--features", str(net_path)])
-    _assert_one_line_error(capsys, code, "mixed sizes or modes", "zz.png")
+    _assert_one_line_error(capsys, code, "zz.png is 9x9", "8x8")
     modes = _folder(tmp_path / "modes", _images(3, 3))
     Image.fromarray(_images(1, 4)[0], mode="L").convert("RGB").save(modes / "zz.png")
     code = main(["fid", "ref", "--data", str(modes), "--dest", str(tmp_path / "r3.npz"), "--features", str(net_path)])
-    _assert_one_line_error(capsys, code, "RGB")
+    _assert_one_line_error(capsys, code, "zz.png is 8x8 RGB")
 
     # float images in an npz, a missing reference
     np.savez(tmp_path / "float.npz", images=np.zeros((4, 8, 8, 1), np.float32))
@@ -162,12 +165,10 @@ def test_feature_cache_resumes_after_interrupt(tmp_path):
 def test_image_sources(tmp_path):
     imgs = _images(5, 7)
     rgb = np.repeat(imgs[:, None], 3, axis=1)
-    assert as_nchw_uint8(rgb.transpose(0, 2, 3, 1)).shape == (5, 3, 8, 8)
-    assert as_nchw_uint8(imgs).shape == (5, 1, 8, 8)
-    folder = _folder(tmp_path / "rgb", imgs, mode="RGB")
-    src = open_images(folder)
-    assert isinstance(src, FolderSource) and src.shape == (3, 8, 8)
-    np.testing.assert_array_equal(src.read(np.arange(5)), rgb)
+    assert ArraySource(rgb.transpose(0, 2, 3, 1)).shape == (3, 8, 8)  # NHWC accepted
+    src = open_images(_folder(tmp_path / "rgb", imgs, mode="RGB"))
+    assert src.shape == (3, 8, 8) and len(src) == 5
+    np.testing.assert_array_equal(src.read(np.array([0, 1, 3, 4])), rgb[[0, 1, 3, 4]])
     # EDM's subset: RandomState(seed).shuffle(arange(n)), first num, sorted.
     idx = np.arange(100)
     np.random.RandomState(7).shuffle(idx)
