@@ -17,6 +17,12 @@ from diffspace.errors import ConfigError
 __all__ = ["Gaussian", "GaussianMixture", "Empirical"]
 
 
+def _rowwise(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """a[b] @ m for each batch row b, one product per row: results do not depend on the batch size or order
+    (a single batched GEMM may pick a different kernel, and rounding, for a different number of rows)."""
+    return torch.stack([row @ m for row in a]) if len(a) else a.new_zeros(0, *a.shape[1:-1], m.shape[-1])
+
+
 def _sigma_column(sigma, x: torch.Tensor) -> torch.Tensor:
     """σ as a float64 column [B, 1] matching x's batch."""
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=x.device).flatten()
@@ -99,7 +105,8 @@ class GaussianMixture(_Analytic):
         diff = x[:, None, :] - self.means.to(x.device)[None]
         if self.eigvecs is None:
             return diff
-        return torch.einsum("bkd,kde->bke", diff, self.eigvecs.to(x.device))
+        V = self.eigvecs.to(x.device)
+        return _rowwise(diff.unsqueeze(2), V).squeeze(2)  # [B, K, 1, d] @ [K, d, d]
 
     def _posterior(self, x: torch.Tensor, sigma: torch.Tensor):
         """Component log-responsibilities [B, K], eigen-coordinates [B, K, d] and total variances [B, K, d]."""
@@ -115,7 +122,8 @@ class GaussianMixture(_Analytic):
         w = torch.softmax(logits, dim=1)  # [B, K]
         shrunk = c * (self.eigvals.to(x.device)[None] / var)  # S(S+σ²)⁻¹(x−μ) in eigen-coordinates
         if self.eigvecs is not None:
-            shrunk = torch.einsum("bke,kde->bkd", shrunk, self.eigvecs.to(x.device))
+            Vt = self.eigvecs.to(x.device).transpose(1, 2)
+            shrunk = _rowwise(shrunk.unsqueeze(2), Vt).squeeze(2)
         return ((self.means.to(x.device)[None] + shrunk) * w[:, :, None]).sum(1)
 
     def log_prob(self, x: torch.Tensor, sigma=0.0) -> torch.Tensor:
@@ -202,7 +210,7 @@ class Empirical(_Analytic):
             p = torch.exp(logits - new_max)
             total = total * scale + p.sum(1, keepdim=True)
             if acc is not None:
-                acc = acc * scale + p @ y
+                acc = acc * scale + _rowwise(p, y)
             running_max = new_max
         return running_max + total.log(), (acc / total if acc is not None else None)
 
