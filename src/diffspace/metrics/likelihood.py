@@ -24,71 +24,9 @@ from collections.abc import Callable
 import torch
 
 from diffspace.errors import ConfigError, NumericalError
+from diffspace.samplers.reference import dopri5
 
 __all__ = ["ode_nll", "bits_per_dim", "dopri5", "gaussian_log_prob"]
-
-# Dormand–Prince 5(4) tableau (Dormand & Prince 1980).
-_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
-_A = (
-    (),
-    (1 / 5,),
-    (3 / 40, 9 / 40),
-    (44 / 45, -56 / 15, 32 / 9),
-    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
-    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
-    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
-)
-_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
-_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
-
-
-def dopri5(f: Callable[[float, torch.Tensor], torch.Tensor], y0: torch.Tensor, u0: float, u1: float, *,
-           rtol: float = 1e-5, atol: float = 1e-5, h0: float | None = None, max_steps: int = 100_000,
-           stats: dict | None = None) -> torch.Tensor:
-    """y(u1) for dy/du = f(u, y), y(u0) = y0, adaptive Dormand–Prince 5(4) in either direction.
-
-    Error control: RMS over all elements of err / (atol + rtol·max(|y|, |y_new|)) ≤ 1, standard step-size
-    update 0.9·e^(−1/5) clipped to [0.2, 5], first-same-as-last. `stats` gains nfe, steps and rejected.
-    """
-    if u1 == u0:
-        return y0
-    span = u1 - u0
-    h = h0 if h0 is not None else 0.01 * span
-    if h * span <= 0:
-        raise ConfigError(f"initial step {h} points away from the end point {u1} (start {u0})")
-    u, y = u0, y0
-    k1 = f(u, y)
-    nfe, steps, rejected = 1, 0, 0
-    for _ in range(max_steps):
-        last = abs(h) >= abs(u1 - u)
-        if last:
-            h = u1 - u
-        ks = [k1]
-        for j in range(1, 7):
-            ks.append(f(u + _C[j] * h, y + h * sum(a * k for a, k in zip(_A[j], ks))))
-        nfe += 6
-        y5 = y + h * sum(b * k for b, k in zip(_B5, ks))
-        err = h * sum((b5 - b4) * k for b5, b4, k in zip(_B5, _B4, ks))
-        scale = atol + rtol * torch.maximum(y.abs(), y5.abs())
-        e = float((err / scale).pow(2).mean().sqrt())
-        if not math.isfinite(e):
-            raise NumericalError(f"ODE solver produced NaN/Inf at u={u:.6g}: check the model or loosen the range")
-        if e <= 1.0:
-            u, y, k1 = (u1 if last else u + h), y5, ks[6]  # FSAL: the 7th stage is f at the new point
-            steps += 1
-            if last:
-                break
-        else:
-            rejected += 1
-        h = h * min(5.0, max(0.2, 0.9 * max(e, 1e-10) ** -0.2))
-    else:
-        raise NumericalError(f"ODE solver did not reach u={u1:.6g} in {max_steps} steps (at u={u:.6g}): "
-                             "loosen rtol/atol or raise max_steps")
-    if stats is not None:
-        for key, val in (("nfe", nfe), ("steps", steps), ("rejected", rejected)):
-            stats[key] = stats.get(key, 0) + val
-    return y
-
 
 def gaussian_log_prob(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """log N(x; 0, σ² I) per sample [B] (the default prior at σ_max)."""
