@@ -34,7 +34,7 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
         return math.sqrt(3 / fan_in) * (torch.rand(*shape) * 2 - 1)
     if mode == "kaiming_normal":
         return math.sqrt(1 / fan_in) * torch.randn(*shape)
-    raise ValueError(f"unknown init mode {mode!r}: choose one of {', '.join(_INIT_MODES)}")
+    raise ConfigError(f"unknown init mode {mode!r}: choose one of {', '.join(_INIT_MODES)}")
 
 
 class Linear(nn.Module):
@@ -74,7 +74,7 @@ class Conv2d(nn.Module):
                  down: bool = False, resample_filter: Sequence[float] = (1, 1), fused_resample: bool = False,
                  init_mode: str = "kaiming_normal", init_weight: float = 1, init_bias: float = 0):
         if up and down:
-            raise ValueError("Conv2d cannot both upsample and downsample")
+            raise ConfigError("Conv2d cannot both upsample and downsample: pass up=True or down=True")
         super().__init__()
         self.in_channels = in_channels
         self.out_channels = out_channels
