@@ -22,9 +22,11 @@ class Precond(nn.Module):
     sigma_max: float = float("inf")
 
     def __init__(self, model: nn.Module, *, label_dim: int = 0, use_fp16: bool = False,
-                 out_channels: int | None = None):
+                 out_channels: int | None = None, img_resolution: int | None = None,
+                 img_channels: int | None = None):
         super().__init__()
         self.model = model
+        self.img_resolution, self.img_channels = img_resolution, img_channels  # data shape, when known
         self.label_dim = int(label_dim)
         self.use_fp16 = bool(use_fp16)
         self.out_channels = out_channels  # keep only the first C output channels (iDDPM/ADM learn_sigma nets)
@@ -39,6 +41,10 @@ class Precond(nn.Module):
     def forward(self, x: torch.Tensor, sigma, class_labels: torch.Tensor | None = None, force_fp32: bool = False,
                 **model_kwargs) -> torch.Tensor:
         x = x.to(torch.float32)
+        expected = (self.img_channels, self.img_resolution, self.img_resolution)
+        if self.img_resolution is not None and self.img_channels is not None and tuple(x.shape[1:]) != expected:
+            raise ConfigError(f"x has shape {tuple(x.shape)} but the network expects [batch, {expected[0]}, "
+                              f"{expected[1]}, {expected[2]}]: draw latents with that shape")
         sigma = torch.as_tensor(sigma, dtype=torch.float32, device=x.device)
         if sigma.numel() not in (1, x.shape[0]):
             raise ConfigError(f"sigma has {sigma.numel()} values for a batch of {x.shape[0]}: pass one per sample")
@@ -114,8 +120,14 @@ class iDDPMPrecond(Precond):
 
         self.C_1, self.C_2, self.M = float(C_1), float(C_2), int(M)
         self.register_buffer("u", iddpm_table(M, C_1, C_2).to(torch.float32))
-        self.sigma_min = float(self.u[M - 1])
-        self.sigma_max = float(self.u[0])
+
+    @property
+    def sigma_min(self) -> float:  # follow the u buffer, also after a state dict is loaded
+        return float(self.u[self.M - 1])
+
+    @property
+    def sigma_max(self) -> float:
+        return float(self.u[0])
 
     def coefficients(self, sigma):
         one = torch.ones_like(sigma)
