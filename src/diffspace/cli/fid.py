@@ -42,21 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _write_json(path: str, payload: dict) -> None:
     import json
-    import os
-    import tempfile
     from pathlib import Path
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2)
-            f.write("\n")
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    from diffspace.io.checkpoint import atomic_write_text
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

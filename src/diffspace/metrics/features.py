@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -178,16 +177,15 @@ def load_features(spec: str = "inception", detector=None, device=None):
 
 def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
     """np.savez to a temporary file in the same folder, then rename (no half-written file on failure)."""
+    from diffspace.io.checkpoint import atomic_write
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(p, write)
 
 
 def _read_cache(cache: Path, fingerprint: str, identity: str, dim: int) -> np.ndarray | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -147,18 +146,13 @@ def save_feature_net(net: FeatureNet, path: str | os.PathLike, **info) -> None:
     atomically."""
     from safetensors.torch import save_file
 
+    from diffspace.io.checkpoint import atomic_write
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": json.dumps(net.config), "info": json.dumps(info)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=meta)
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_feature_net(path: str | os.PathLike) -> tuple[FeatureNet, dict]:
