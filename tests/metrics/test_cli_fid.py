@@ -124,6 +124,23 @@ def test_cli_errors_leave_nothing(tmp_path, net_path, capsys, monkeypatch):
     assert _files(tmp_path) == sorted([*before, "other.safetensors", "mixed", "modes", "float.npz"])
 
 
+def test_edm_reference_files(tmp_path):
+    # EDM's `fid.py ref` writes only mu and sigma: read as Inception statistics (FID only), other sizes refused.
+    from diffspace.metrics.reference import Reference, evaluate, load_reference
+
+    np.savez(tmp_path / "edm.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    ref = load_reference(tmp_path / "edm.npz")
+    assert ref.extractor_sha256 == F.INCEPTION_SHA256 and ref.features is None
+    feats = np.random.default_rng(8).standard_normal((50, 4))
+    assert set(evaluate(feats, Reference(np.zeros(4), np.eye(4), None, "edm", "x"))) == {"FID"}  # no KID/PRDC
+    np.savez(tmp_path / "odd.npz", mu=np.zeros(10), sigma=np.eye(10))
+    with pytest.raises(DataError, match="which feature network"):
+        load_reference(tmp_path / "odd.npz")
+    np.savez(tmp_path / "bad.npz", mu=np.zeros(10), sigma=np.eye(11))
+    with pytest.raises(DataError, match="not a"):
+        load_reference(tmp_path / "bad.npz")
+
+
 def test_feature_cache_resumes_after_interrupt(tmp_path):
     src = ArraySource(_images(50, 5)[:, None], "toy")
     save_feature_net(FeatureNet(1, 8, 10, width=4, feature_dim=16), tmp_path / "n.safetensors")

@@ -68,6 +68,9 @@ def run(args: argparse.Namespace) -> int:
     extractor = F.load_features(args.features, detector=args.detector, device=args.device)
     if ref is not None:
         reference.check_compatible(ref, extractor)
+        if ref.features is not None and min(len(ref.features), len(indices)) <= args.k:
+            raise ConfigError(f"PRDC with --k {args.k} needs more than {args.k} images in both sets; got "
+                              f"{len(indices)} images and {len(ref.features)} reference features")
     cache = args.cache or (f"{args.dest}.partial.npz" if args.action == "ref" else None)
     print(f"{extractor.name} features of {len(indices)} images {source.shape} from {source.name}", file=sys.stderr)
     feats = F.extract_features(extractor, source, indices, batch=args.batch, cache=cache, progress=not args.quiet)
