@@ -13,7 +13,7 @@ import torch
 
 from diffspace.errors import ConfigError
 
-__all__ = ["edm", "vp", "ve", "iddpm", "iddpm_table", "exponential", "custom", "check"]
+__all__ = ["edm", "vp", "ve", "iddpm", "iddpm_table", "exponential", "li", "custom", "check"]
 
 
 def _check_range(n: int, sigma_min: float, sigma_max: float) -> None:
@@ -104,6 +104,28 @@ def iddpm(n: int, sigma_min: float = 0.002, sigma_max: float = 81.0, M: int = 10
         raise ConfigError(f"only {len(kept)} iDDPM levels lie in [{sigma_min}, {sigma_max}]; use steps <= {len(kept)}")
     idx = torch.floor((len(kept) - 1) * _fraction(n) + 0.5).to(torch.int64)
     return _finish(kept[idx], append_zero)
+
+
+def li(T: int, c0: float = 2.0, c1: float = 4.0, append_zero: bool = False) -> torch.Tensor:
+    """Li et al. (2024) learning-rate schedule as noise levels σ_T > … > σ_1 (T levels, T − 1 steps; spec §2.1).
+
+    β_1 = T^{−c0}, β_{t+1} = (c1 log T/T)·min{β_1(1 + c1 log T/T)^t, 1}; ᾱ_t = ∏_{k≤t}(1 − β_k) and
+    σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), so σ_1 = sqrt(β_1/(1 − β_1)) ≈ T^{−c0/2} > 0 and σ_T grows with T. The theory
+    stops at σ_1 (it compares with the noised X_1), hence no final 0 unless `append_zero=True`.
+    """
+    if not isinstance(T, int) or isinstance(T, bool) or T < 2:
+        raise ConfigError(f"T={T!r} must be an integer >= 2")
+    if not (math.isfinite(c0) and c0 > 0 and math.isfinite(c1) and c1 > 0):
+        raise ConfigError(f"c0={c0} and c1={c1} must be positive numbers (Li et al. use e.g. c0=2, c1=4)")
+    rate = c1 * math.log(T) / T
+    if rate >= 1:
+        raise ConfigError(f"c1*log(T) = {c1 * math.log(T):.4g} >= T = {T}: the schedule's beta would reach 1; "
+                          f"use a smaller c1 (< {T / math.log(T):.4g}) or a larger T")
+    beta_1 = float(T) ** (-c0)
+    betas = [beta_1] + [rate * min(beta_1 * (1 + rate) ** t, 1.0) for t in range(1, T)]
+    log_alpha_bar = torch.tensor([math.log1p(-b) for b in betas], dtype=torch.float64).cumsum(0)
+    sigmas = torch.expm1(-log_alpha_bar).sqrt()  # σ_t² = 1/ᾱ_t − 1, accurate for tiny β
+    return _finish(sigmas.flip(0), append_zero)
 
 
 def custom(values: Sequence[float] | torch.Tensor, append_zero: bool = False) -> torch.Tensor:
