@@ -61,7 +61,7 @@ class _Arrays:
     def __len__(self) -> int:
         return len(self.x)
 
-    def gather(self, idx):
+    def gather_items(self, idx):
         return self.x[idx], (None if self.y is None else self.y[idx])
 
 
@@ -132,6 +132,8 @@ def _open_data(cfg: TrainConfig, dataset):
 
         dataset = open_dataset(cfg.data, resolution=cfg.resolution, transform=cfg.transform,
                                max_size=cfg.max_size, use_labels=cfg.cond, xflip=cfg.xflip)
+    if isinstance(dataset, (torch.Tensor, np.ndarray)):  # an array of vectors [N, d]
+        dataset = _Arrays(np.asarray(dataset.detach().cpu() if torch.is_tensor(dataset) else dataset), None)
     if len(dataset) == 0:
         raise DataError(f"dataset {cfg.data!r} is empty")
     is_image = bool(getattr(dataset, "is_image", False))
@@ -180,6 +182,8 @@ def _build(cfg: TrainConfig, shape, is_image: bool, label_dim: int, augment_dim:
         net = build_network(cfg.arch, img_resolution=None, img_channels=shape[0], label_dim=label_dim,
                             augment_dim=augment_dim, dropout=cfg.dropout, **cfg.net_kwargs)
     kwargs = {"sigma_data": sigma_data} if cfg.precond == "edm" else {}
+    if is_image:
+        kwargs.update(img_resolution=shape[1], img_channels=shape[0])
     return build_precond(cfg.precond, net, label_dim=label_dim, **kwargs)
 
 
@@ -199,7 +203,7 @@ def _augment_pipe(cfg: TrainConfig, is_image: bool, shape):
     return AugmentPoints2D(p, **{"xflip": 1e8, **cfg.augment_kwargs})
 
 
-def _float32_output(module, args, output):
+def float32_output(module, args, output):
     """Forward hook: the network's output in float32 under autocast (the preconditioner expects it)."""
     return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
 
@@ -231,9 +235,10 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
           log=None) -> dict:
     """Train a diffusion model; returns a summary dict (outdir, step, cur_nimg, last snapshot/state, loss).
 
-    `dataset`: an opened dataset to use instead of `config.data`. `resume`: None (fresh run), 'latest', a run
-    folder or a training-state file (see `find_resume`); `resume_state`: an already loaded
-    (path, tensors, state, config). Launch under torchrun for several processes.
+    `dataset`: an opened dataset (or an array of vectors [N, d]) to use instead of opening `config.data`.
+    `resume`: None (fresh run), 'latest', a run folder or a training-state file (see `find_resume`);
+    `resume_state`: an already loaded (path, tensors, state, config). Launch under torchrun for several
+    processes.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     cfg.check()
@@ -295,7 +300,7 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
         net = net.to(memory_format=torch.channels_last)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
     if autocast_dtype is not None:
-        net.model.register_forward_hook(_float32_output)
+        net.model.register_forward_hook(float32_output)
     fwd = net
     ddp = None
     if world > 1:

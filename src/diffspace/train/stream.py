@@ -95,7 +95,7 @@ class StepRandomness:
 
 def fetch_batch(dataset, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(data, labels) of dataset items `indices`: uint8 images stay uint8, vectors become float32."""
-    gather = getattr(dataset, "gather", None)
+    gather = getattr(dataset, "gather_items", None)
     if gather is not None:
         x, labels = gather(indices)
     else:
