@@ -59,6 +59,10 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | os.PathLike, write) -> None:
     """Call write(tmp_path), fsync the file, rename it over `path`; the temporary file is removed on failure."""
     path = Path(path)
@@ -69,6 +73,7 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         raise CheckpointError(f"cannot write {path}: {e.strerror or e}; choose a writable output folder") from None
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the result the usual permissions
         fd = os.open(tmp, os.O_RDONLY)
         try:
             os.fsync(fd)
