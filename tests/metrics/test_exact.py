@@ -13,15 +13,6 @@ from diffspace.metrics.exact import component_weight_error, gmm_nll, memorizatio
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny tensor ops, which intra-op threads only slow down (badly on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _gmm(separation: float, seed: int = 0) -> GaussianMixture:
     g = torch.Generator().manual_seed(seed)
     means = separation * torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=F64)

@@ -14,15 +14,6 @@ F64 = torch.float64
 SMIN, SMAX = 0.002, 80.0
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tests run many tiny tensor ops, which intra-op threads only slow down (badly on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 class RotatedGaussian:
     """Exact denoiser of N(μ, S), S = Q diag(λ) Qᵀ non-isotropic and rotated (so ∂D/∂x is not diagonal), built
     as D(x) = Q D_λ(Qᵀx) from diffspace's diagonal `Gaussian` (vectorised, hence fast under autograd; the
