@@ -27,7 +27,7 @@ def _weights(path, which="net"):
 
 
 def test_run_folder_contents(tmp_path):
-    out = _run(tmp_path, "a", duration=0.0032, sample_every=2, grid=200)  # 50 steps
+    out = _run(tmp_path, "a", duration=0.0032, sample_every=2, grid=100, grid_steps=4)  # 50 steps
     run = tmp_path / "a"
     assert out["step"] == 50 and out["cur_nimg"] == 3200
     config = json.loads((run / "config.json").read_text())
