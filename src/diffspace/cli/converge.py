@@ -97,6 +97,13 @@ def _command(args) -> str:
     return " ".join(parts)
 
 
+def _span(values) -> str:
+    values = sorted(set(values))
+    if not values:
+        return "-"
+    return f"{values[0]:.4g}" if len(values) == 1 else f"{values[0]:.4g}..{values[-1]:.4g}"
+
+
 def _write(path: Path, writer) -> None:
     """Write through a temporary file in the same folder, then rename (no half-written outputs)."""
     import os
@@ -175,10 +182,8 @@ def run(args) -> int:
     command = _command(args)
     table = converge.format_table(result)
     header = (f"problem: {result.problem} ({result.description})\ngrid: {result.grid}, sigma "
-              f"{problem.sigma_max:g} -> {problem.sigma_min:g}{' -> 0' if args.to_zero else ''}; slopes of log error "
-              f"vs log {result.axis}\ncommand: {command}")
-    print(header + "\n\n" + table + f"\n\n({seconds:.1f} s)")
-
+              f"{_span(r.sigma_start for r in result.rows)} -> {_span(r.sigma_end for r in result.rows)}; "
+              f"slopes of log error vs log {result.axis}\ncommand: {command}")
     args.outdir.mkdir(parents=True, exist_ok=True)
     info = {"command": command, "seconds": round(seconds, 2), "machine": platform.platform(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
@@ -203,5 +208,6 @@ def run(args) -> int:
             _write(args.outdir / "converge.png", lambda p: _plot(result, p))
         except ImportError:
             print("note: matplotlib is not installed; no PNG written (pip install matplotlib)", file=sys.stderr)
+    print(header + "\n\n" + table + f"\n\n({seconds:.1f} s)")
     print(f"wrote {args.outdir}/converge.{{csv,json,md{'' if args.no_plot else ',png'}}}")
     return 0

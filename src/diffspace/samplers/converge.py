@@ -308,6 +308,15 @@ def measure(problem: Problem, names: Sequence[str], *, steps: Sequence[int] | No
     return result
 
 
+def nominal_order(entry: registry.Sampler, opts: dict) -> float | None:
+    """The registered order, adjusted for options that change it (iPNDM's max_order, DPM-Solver++(3M) compat)."""
+    if "max_order" in opts:
+        return float(opts["max_order"])
+    if entry.name == "dpmpp_3m" and opts.get("compat"):
+        return 2.0
+    return entry.order
+
+
 def format_table(result: Result) -> str:
     """Plain-text table: one row per sampler, one column per step count (or NFE budget), fitted slope."""
     head = "steps" if result.axis == "steps" else "NFE"
@@ -327,7 +336,8 @@ def format_table(result: Result) -> str:
             mark = "*" if result.axis == "nfe" and r.nfe != p else " "
             short |= mark == "*"
             cells.append(f"{r.error:9.2e}{mark}")
-        order = registry.get(name).order
+        entry = registry.get(name)
+        order = nominal_order(entry, _options_for(entry, result.settings.get("options", {})))
         kind = result.series(name)[0].kind
         lines.append(f"{name:{width}s}  {kind:9s}  " + "  ".join(cells) +
                      f"  {result.slope(name):5.2f}  {'' if order is None else f'{-order:g}':>7s}")

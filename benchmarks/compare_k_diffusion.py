@@ -1,0 +1,152 @@
+"""Side by side with k-diffusion: same grid, same exact denoiser, same noise, float64.
+
+Prints, for every sampler k-diffusion also has, the largest absolute difference of the final samples and the
+wall-time ratio (ours / k-diffusion, best of 3, cheap denoiser so that sampler overhead shows), and writes
+benchmarks/results/compare_k_diffusion.json.
+
+k-diffusion is not a dependency. Install it next to diffspace without its heavy extras:
+
+    pip install --no-deps k-diffusion torchsde torchdiffeq trampoline    # scipy, tqdm, pillow, safetensors too
+
+Its package __init__ imports training code (and torchvision); this script loads only `k_diffusion.sampling`,
+with a stand-in `torchvision` module when torchvision is not installed (sampling does not use it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import platform
+import sys
+import time
+import types
+from pathlib import Path
+
+import torch
+
+from diffspace import grids, samplers
+from diffspace.samplers import problems
+
+OUT = Path(__file__).parent / "results" / "compare_k_diffusion.json"
+
+
+def load_k_sampling():
+    """Import k_diffusion.sampling without running k_diffusion/__init__.py."""
+    spec = importlib.util.find_spec("k_diffusion")
+    if spec is None:
+        sys.exit("k-diffusion is not installed: pip install --no-deps k-diffusion torchsde torchdiffeq trampoline")
+    if importlib.util.find_spec("torchvision") is None:  # stand-in: k_diffusion.utils imports it at top level
+        tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
+                                                     "torchvision.transforms.functional"))
+        tv.transforms, tr.functional = tr, fn
+        sys.modules.update({m.__name__: m for m in (tv, tr, fn)})
+    package = types.ModuleType("k_diffusion")
+    package.__path__ = list(spec.submodule_search_locations)
+    sys.modules["k_diffusion"] = package
+    import k_diffusion.sampling as ks
+
+    return ks
+
+
+def pairs(ks):
+    """(label, ours(model, x, sigmas, seeds), theirs(model, x, sigmas, seeds))."""
+
+    def noise_from(seeds, x):
+        rng = samplers.StackedRandom(seeds)
+        return lambda sigma, sigma_next: rng.randn_like(x)
+
+    def ours(name, **kw):
+        def f(model, x, sig, seeds):
+            s = samplers.get(name)
+            extra = {"noise": samplers.StackedRandom(seeds)} if "noise" in s._params else {}
+            return s(model, x, sig, **extra, **kw)
+        return f
+
+    def theirs(fn, noisy=False, **kw):
+        def f(model, x, sig, seeds):
+            extra = {"noise_sampler": noise_from(seeds, x)} if noisy else {}
+            return fn(model, x.clone(), sig, disable=True, **extra, **kw)
+        return f
+
+    def churn(fn_name):  # EDM Algorithm 2: both draw one global-RNG tensor per step when churning
+        def f(model, x, sig, seeds):
+            torch.manual_seed(seeds[0])
+            if fn_name == "ours":
+                return samplers.edm(model, x, sig, noise=samplers.GlobalRandom(), S_churn=40.0, S_noise=1.003)
+            return ks.sample_heun(model, x.clone(), sig, disable=True, s_churn=40.0, s_noise=1.003)
+        return f
+
+    return [
+        ("euler / sample_euler", ours("euler"), theirs(ks.sample_euler)),
+        ("ddim / sample_euler", ours("ddim"), theirs(ks.sample_euler)),
+        ("heun / sample_heun", ours("heun"), theirs(ks.sample_heun)),
+        ("edm S_churn=40 / sample_heun s_churn=40", churn("ours"), churn("theirs")),
+        ("dpm_2 / sample_dpm_2", ours("dpm_2"), theirs(ks.sample_dpm_2)),
+        ("dpmpp_2m / sample_dpmpp_2m", ours("dpmpp_2m"), theirs(ks.sample_dpmpp_2m)),
+        ("dpmpp_3m compat / sample_dpmpp_3m_sde eta=0", ours("dpmpp_3m", compat=True),
+         theirs(ks.sample_dpmpp_3m_sde, eta=0.0)),
+        ("euler_ancestral / sample_euler_ancestral", ours("euler_ancestral"),
+         theirs(ks.sample_euler_ancestral, noisy=True)),
+        ("euler_ancestral eta=0.5 / same", ours("euler_ancestral", eta=0.5),
+         theirs(ks.sample_euler_ancestral, noisy=True, eta=0.5)),
+        ("ddpm / sample_euler_ancestral", ours("ddpm"), theirs(ks.sample_euler_ancestral, noisy=True)),
+        ("dpmpp_2m_sde / sample_dpmpp_2m_sde", ours("dpmpp_2m_sde"), theirs(ks.sample_dpmpp_2m_sde, noisy=True)),
+        ("dpmpp_2m_sde heun / same", ours("dpmpp_2m_sde", solver_type="heun"),
+         theirs(ks.sample_dpmpp_2m_sde, noisy=True, solver_type="heun")),
+    ]
+
+
+def best_time(fn, *args, repeats=3) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn(*args)
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    ks = load_k_sampling()
+    problem = problems.get("gmm2")
+    model, seeds = problem.denoiser, list(range(16))
+    results, worst = [], 0.0
+    grid_diff = max(float((grids.edm(n) - ks.get_sigmas_karras(n, 0.002, 80.0, 7.0).to(torch.float64)).abs().max())
+                    for n in (5, 10, 25))
+    print(f"grid: max |grids.edm(n) - get_sigmas_karras(n)| = {grid_diff:.2e}\n")
+    print(f"{'ours / k-diffusion':46s} {'grid':>18s} {'max |diff|':>11s} {'time ratio':>10s}")
+    for label, f_ours, f_theirs in pairs(ks):
+        for n in (5, 10, 25):
+            for zero in (True, False):
+                sig = grids.edm(n, append_zero=zero)
+                x = samplers.StackedRandom(seeds).randn(problem.shape, dtype=torch.float64) * sig[0]
+                diff = float((f_ours(model, x, sig, seeds) - f_theirs(model, x, sig, seeds)).abs().max())
+                ratio = best_time(f_ours, model, x, sig, seeds) / best_time(f_theirs, model, x, sig, seeds)
+                worst = max(worst, diff)
+                grid_name = f"edm({n}){' + 0' if zero else ''}"
+                results.append({"pair": label, "grid": grid_name, "max_abs_diff": diff, "time_ratio": ratio})
+                print(f"{label:46s} {grid_name:>18s} {diff:11.2e} {ratio:10.2f}")
+    print(f"\nworst difference {worst:.2e} (float64, |x| up to {80 * 4:.0f} at the start)")
+    OUT.parent.mkdir(parents=True, exist_ok=True)
+    info = {"problem": problem.description, "batch": len(seeds), "dtype": "float64", "threads": 1,
+            "k_diffusion_version": _version("k-diffusion"), "torch": torch.__version__,
+            "machine": platform.platform(), "cpus": os.cpu_count(), "grid_max_abs_diff": grid_diff,
+            "worst_max_abs_diff": worst, "results": results}
+    tmp = OUT.with_name(f".{OUT.name}.tmp")
+    tmp.write_text(json.dumps(info, indent=1) + "\n")
+    os.replace(tmp, OUT)
+    print(f"wrote {OUT}")
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":
+    main()
