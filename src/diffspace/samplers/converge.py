@@ -215,7 +215,11 @@ def _steps_for_nfe(entry, target: int, grid_of: Callable[[int], torch.Tensor], o
     """Largest step count whose NFE does not exceed `target` (None if even one step costs more)."""
     best = None
     for steps in range(1, target + 2):
-        if _expected_nfe(entry, grid_of(steps), opts) <= target:
+        try:
+            sigmas = grid_of(steps)
+        except ConfigError:  # e.g. the li grid needs T >= 2 levels
+            continue
+        if _expected_nfe(entry, sigmas, opts) <= target:
             best = steps
         elif best is not None:
             break
