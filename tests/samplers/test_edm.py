@@ -189,3 +189,15 @@ def test_callback_payload_and_names():
     assert [i["i"] for i in infos] == [0, 1, 2]
     assert set(infos[0]) == {"x", "i", "sigma", "sigma_hat", "denoised"}
     assert {"euler", "heun", "edm"} <= set(samplers.names())
+
+
+@pytest.mark.parametrize("name,options,sig", [
+    ("dpmpp_2m", {"afs": True}, grids.edm(8)),
+    ("ipndm", {"afs": True, "max_order": 3}, grids.edm(8)),
+    ("ddim_type", {"denoise_to_zero": True}, grids.edm(8, append_zero=False)),
+])
+def test_nfe_formula_takes_options_that_change_the_count(name, options, sig):
+    D = gmm()
+    stats = {}
+    samplers.get(name)(D, torch.ones(2, 2, dtype=torch.float64) * sig[0], sig, stats=stats, **options)
+    assert stats["nfe"] == samplers.get(name).nfe(sig, **options) != samplers.get(name).nfe(sig)

@@ -206,11 +206,6 @@ def _options_for(entry: registry.Sampler, options: dict) -> dict:
     return out
 
 
-def _expected_nfe(entry: registry.Sampler, sigmas: torch.Tensor, opts: dict) -> int:
-    flags = {k: opts[k] for k in ("afs", "denoise_to_zero") if opts.get(k)}
-    return int(entry.nfe_fn(sigmas, **flags)) if flags else entry.nfe(sigmas)
-
-
 def _steps_for_nfe(entry, target: int, grid_of: Callable[[int], torch.Tensor], opts: dict) -> int | None:
     """Largest step count whose NFE does not exceed `target` (None if even one step costs more)."""
     best = None
@@ -219,7 +214,7 @@ def _steps_for_nfe(entry, target: int, grid_of: Callable[[int], torch.Tensor], o
             sigmas = grid_of(steps)
         except ConfigError:  # e.g. the li grid needs T >= 2 levels
             continue
-        if _expected_nfe(entry, sigmas, opts) <= target:
+        if entry.nfe(sigmas, **opts) <= target:
             best = steps
         elif best is not None:
             break
@@ -291,7 +286,7 @@ def measure(problem: Problem, names: Sequence[str], *, steps: Sequence[int] | No
             elif problem.is_gaussian:
                 kind = "hellinger"
                 m0, c0 = problem.gaussian_moments(s0)
-                stats["nfe"] = _expected_nfe(entry, sig, opts)
+                stats["nfe"] = entry.nfe(sig, **opts)
                 m, c = propagate_gaussian(entry, problem, sig, opts, m0, c0)
                 err = gaussian_distances(m, c, *problem.gaussian_moments(s_end))["hellinger"]
             else:

@@ -26,8 +26,11 @@ class Sampler:
     summary: str = ""
     options: tuple[str, ...] = field(default=())
 
-    def nfe(self, sigmas) -> int:
-        return int(self.nfe_fn(torch.as_tensor(sigmas)))
+    def nfe(self, sigmas, **options) -> int:
+        """Denoiser calls on this grid; options that change the count (e.g. afs, denoise_to_zero) pass through."""
+        self.check_options(options)
+        params = inspect.signature(self.nfe_fn).parameters
+        return int(self.nfe_fn(torch.as_tensor(sigmas), **{k: v for k, v in options.items() if k in params}))
 
     def check_options(self, options: dict) -> None:
         unknown = sorted(set(options) - set(self.options) - set(COMMON) - {"noise"})
