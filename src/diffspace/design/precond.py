@@ -58,7 +58,7 @@ class Precond(nn.Module):
         dtype = torch.float16 if (self.use_fp16 and not force_fp32 and x.device.type == "cuda") else torch.float32
         c_skip, c_out, c_in, c_noise = self.coefficients(sigma)
         F_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
-        if F_x.dtype != dtype:
+        if F_x.dtype != dtype and not torch.is_autocast_enabled(x.device.type):  # autocast may give bf16
             raise ConfigError(f"network returned {F_x.dtype}, expected {dtype}")
         if self.out_channels is not None:
             F_x = F_x[:, : self.out_channels]

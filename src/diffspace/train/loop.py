@@ -203,11 +203,6 @@ def _augment_pipe(cfg: TrainConfig, is_image: bool, shape):
     return AugmentPoints2D(p, **{"xflip": 1e8, **cfg.augment_kwargs})
 
 
-def float32_output(module, args, output):
-    """Forward hook: the network's output in float32 under autocast (the preconditioner expects it)."""
-    return output.float() if torch.is_tensor(output) and output.is_floating_point() else output
-
-
 def _peak_mem_gb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -299,8 +294,6 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
     if cfg.channels_last and is_image:
         net = net.to(memory_format=torch.channels_last)
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(cfg.precision)
-    if autocast_dtype is not None:
-        net.model.register_forward_hook(float32_output)
     fwd = net
     ddp = None
     if world > 1:
