@@ -232,6 +232,8 @@ def _sampler_call(name: str, options: dict) -> Callable:
     """fn(model, latents, sigmas, noise, class_labels, callback, stats) -> x for a registered sampler or 'ablation'."""
     from diffspace import samplers
 
+    if "noise" in options:
+        raise ConfigError("the noise source is generate's own (one generator per seed): drop the 'noise' option")
     if name == "ablation":
         params = inspect.signature(samplers.ablation).parameters
         fixed = {"net", "latents", "class_labels", "noise", "callback", "stats", "num_steps", "sigma_min",

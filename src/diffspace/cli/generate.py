@@ -22,7 +22,7 @@ _S_FLAGS = (("S_churn", "stochasticity strength (edm sampler; default 0 = determ
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to generate")
-    g.add_argument("--network", required=True, metavar="CKPT", help="network snapshot, training state or run folder")
+    g.add_argument("--network", metavar="CKPT", help="network snapshot, training state or run folder (required)")
     g.add_argument("--which", choices=("ema", "net"), default="ema", help="weights of a training state (default ema)")
     g.add_argument("--seeds", default="0-63", metavar="LIST", help="seeds, e.g. 0-63 or 1,2,5-7 (default 0-63)")
     g.add_argument("--class", dest="class_idx", type=int, default=None, metavar="N",
@@ -95,7 +95,7 @@ def _list_samplers() -> int:
 
     for name in samplers.names():
         entry = samplers.get(name)
-        opts = ", ".join(entry.options) or "-"
+        opts = ", ".join(o for o in entry.options if o != "noise") or "-"
         print(f"{name:16s} {entry.summary}  [options: {opts}]")
     print(f"{'ablation':16s} EDM's Table-1 sampler (any schedule/scaling)  [options: solver, schedule, scaling, "
           "epsilon_s, C_1, C_2, M, alpha, S_churn, S_min, S_max, S_noise]")
@@ -117,6 +117,8 @@ def run(args: argparse.Namespace) -> int:
     from diffspace.train import distributed as dist
 
     # Everything that can be checked is checked before any file is touched.
+    if not args.network:
+        raise ConfigError("--network is missing: pass a checkpoint file or run folder")
     seeds = parse_seeds(args.seeds)
     options = sampler_options(args)
     if not (args.outdir or args.npz or args.grid):
