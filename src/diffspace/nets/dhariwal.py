@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from diffspace.nets.layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+from diffspace.nets.layers import Conv2d, GroupNorm, Linear, PositionalEmbedding, UNetBlock, class_labels_in
 from diffspace.nets.songunet import check_unet_args
 
 __all__ = ["DhariwalUNet"]
@@ -110,12 +110,8 @@ class DhariwalUNet(nn.Module):
         emb = F.silu(self.map_layer0(emb))
         emb = self.map_layer1(emb)
         if self.map_label is not None:
-            labels = class_labels
-            if labels is None:
-                labels = torch.zeros([1, self.map_label.in_features], device=emb.device, dtype=emb.dtype)
-            if self.training and self.label_dropout:
-                keep = torch.rand([batch, 1], device=emb.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = class_labels_in(self.map_label, class_labels, like=emb, batch=batch, dropout=self.label_dropout,
+                                     training=self.training)
             emb = emb + self.map_label(labels)
         return F.silu(emb)
 

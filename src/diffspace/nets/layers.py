@@ -37,6 +37,19 @@ def weight_init(shape: Sequence[int], mode: str, fan_in: int, fan_out: int) -> t
     raise ConfigError(f"unknown init mode {mode!r}: choose one of {', '.join(_INIT_MODES)}")
 
 
+def class_labels_in(map_label: nn.Module, class_labels: torch.Tensor | None, *, like: torch.Tensor, batch: int,
+                    dropout: float, training: bool) -> torch.Tensor:
+    """Class labels ready for `map_label`: zeros when None (what EDM's preconditioners pass), and each
+    sample's labels zeroed with probability `dropout` while training (classifier-free guidance)."""
+    labels = class_labels
+    if labels is None:
+        labels = torch.zeros([1, map_label.in_features], device=like.device, dtype=like.dtype)
+    if training and dropout:
+        keep = torch.rand([batch, 1], device=like.device) >= dropout
+        labels = labels * keep.to(labels.dtype)
+    return labels
+
+
 class Linear(nn.Module):
     """Fully connected layer y = x Wᵀ + b with parameters `weight` [out, in] and optional `bias` [out]."""
 

@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffspace.errors import ConfigError
-from diffspace.nets.layers import FourierEmbedding, Linear, PositionalEmbedding
+from diffspace.nets.layers import FourierEmbedding, Linear, PositionalEmbedding, class_labels_in
 
 __all__ = ["MLP", "MLPBlock", "LayerNorm"]
 
@@ -120,12 +120,8 @@ class MLP(nn.Module):
         """Conditioning vector [B, emb_channels] fed to every block."""
         emb = self.map_noise(noise_labels)
         if self.map_label is not None:
-            labels = class_labels
-            if labels is None:
-                labels = torch.zeros([1, self.map_label.in_features], device=emb.device, dtype=emb.dtype)
-            if self.training and self.label_dropout:
-                keep = torch.rand([batch, 1], device=emb.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = class_labels_in(self.map_label, class_labels, like=emb, batch=batch, dropout=self.label_dropout,
+                                     training=self.training)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)

@@ -14,7 +14,15 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffspace.errors import ConfigError
-from diffspace.nets.layers import Conv2d, FourierEmbedding, GroupNorm, Linear, PositionalEmbedding, UNetBlock
+from diffspace.nets.layers import (
+    Conv2d,
+    FourierEmbedding,
+    GroupNorm,
+    Linear,
+    PositionalEmbedding,
+    UNetBlock,
+    class_labels_in,
+)
 
 __all__ = ["SongUNet", "check_unet_args"]
 
@@ -156,12 +164,8 @@ class SongUNet(nn.Module):
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [cos, sin] -> [sin, cos]
         if self.map_label is not None:
-            labels = class_labels
-            if labels is None:
-                labels = torch.zeros([1, self.map_label.in_features], device=emb.device, dtype=emb.dtype)
-            if self.training and self.label_dropout:
-                keep = torch.rand([batch, 1], device=emb.device) >= self.label_dropout
-                labels = labels * keep.to(labels.dtype)
+            labels = class_labels_in(self.map_label, class_labels, like=emb, batch=batch, dropout=self.label_dropout,
+                                     training=self.training)
             emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
         if self.map_augment is not None and augment_labels is not None:
             emb = emb + self.map_augment(augment_labels)
