@@ -67,3 +67,12 @@ def test_demo_bad_input_leaves_nothing(tmp_path, capsys, argv, message):
     assert main(["demo", "--outdir", str(out), *argv]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and not out.exists()
+
+
+def test_toy_flag_runs_the_toy_demo(tmp_path, monkeypatch):
+    import diffspace.toydemo
+
+    calls = []
+    monkeypatch.setattr(diffspace.toydemo, "run_toy_demo", lambda outdir, seed=0: calls.append((outdir, seed)))
+    assert main(["demo", "--toy", "--outdir", str(tmp_path / "t"), "--seed", "3"]) == 0
+    assert calls == [(tmp_path / "t", 3)]
