@@ -340,13 +340,13 @@ def _readme(result: dict, table: str, args) -> str:
 
 Data: **{result['data']}** {result['shape']}; network: DDPM++ U-Net ({result['parameters']:,} parameters, EDM
 preconditioning and loss), trained on {result['train_kimg']:.1f} thousand images (final loss
-{result['final_loss']:.4f}). Total time {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU,
-{result['threads']} threads.
+{result['final_loss']:.4f}). Total time {result['wall_s']:.0f} s wall, {result['cpu_s']:.0f} s CPU, {result['threads']}
+threads.
 
-FID and KID use the features of a small CNN classifier trained on the same data (`features.safetensors`), with
-{result['reference_images']} training images as reference and {result['images_per_sampler']} images per row (its
-held-out accuracy is {result['feature_net_accuracy']:.3f}); the first row compares held-out real images, the floor
-at this sample size.
+FID and KID use the features of a small CNN classifier trained on the same data (`features.safetensors`, held-out
+accuracy {result['feature_net_accuracy']:.3f}), with {result['reference_images']} training images as reference and
+{result['images_per_sampler']} images per row; the first row compares held-out real images: the floor at this
+sample size.
 
 ```
 {table}
