@@ -25,7 +25,7 @@ import torch
 
 from diffspace.errors import ConfigError
 from diffspace.samplers.base import Run, euler_step
-from diffspace.samplers.multistep import afs_denoised
+from diffspace.samplers.multistep import afs_denoised, euler_ancestral
 
 
 def _needs_positive_end(run: Run, name: str, form: str) -> None:
@@ -97,24 +97,13 @@ def ddpm_type(model, x, sigmas, *, extra_args=None, callback=None, disable=None,
     return _finish(run, x, denoise_to_zero)
 
 
-@torch.no_grad()
 def ddpm(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype=None, stats=None, noise=None):
     """Ancestral DDPM: sample the Gaussian posterior p(z' | z, y = D), variance σ'²(σ² − σ'²)/σ². 1 NFE/step.
 
-    No noise on a step to σ' = 0 (it lands on D). Same map as `euler_ancestral` with eta = 1.
+    The same map as `euler_ancestral` with eta = 1 (σ_down = σ'²/σ), which runs it; no noise on a step to 0.
     """
-    run = Run(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, dtype=dtype,
-              noise=noise, stats=stats)
-    x, sigmas = run.x, run.sigmas
-    for i in run.indices():
-        sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        denoised = run.denoise(x, sigma, i)
-        run.report(i, x, sigma, sigma, denoised)
-        ratio = sigma_next**2 / sigma**2
-        x = denoised + ratio * (x - denoised)  # posterior mean
-        if sigma_next > 0:
-            x = x + sigma_next * (1 - ratio).sqrt() * run.randn_like(x)
-    return run.done(x)
+    return euler_ancestral(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable,
+                           dtype=dtype, stats=stats, noise=noise, eta=1.0, s_noise=1.0)
 
 
 @torch.no_grad()
