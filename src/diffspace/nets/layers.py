@@ -50,6 +50,20 @@ def class_labels_in(map_label: nn.Module, class_labels: torch.Tensor | None, *, 
     return labels
 
 
+def map_conditioning(net: nn.Module, emb: torch.Tensor, class_labels: torch.Tensor | None,
+                     augment_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
+    """EDM's mapping network after the noise embedding: + class (one-hot·sqrt(label_dim)) and augmentation
+    projections, then two SiLU layers (`net.map_label`, `net.map_augment`, `net.map_layer0/1`)."""
+    if net.map_label is not None:
+        labels = class_labels_in(net.map_label, class_labels, like=emb, batch=batch, dropout=net.label_dropout,
+                                 training=net.training)
+        emb = emb + net.map_label(labels * math.sqrt(net.map_label.in_features))
+    if net.map_augment is not None and augment_labels is not None:
+        emb = emb + net.map_augment(augment_labels)
+    emb = F.silu(net.map_layer0(emb))
+    return F.silu(net.map_layer1(emb))
+
+
 class Linear(nn.Module):
     """Fully connected layer y = x Wᵀ + b with parameters `weight` [out, in] and optional `bias` [out]."""
 

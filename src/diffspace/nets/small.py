@@ -15,7 +15,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from diffspace.errors import ConfigError
-from diffspace.nets.layers import FourierEmbedding, Linear, PositionalEmbedding, class_labels_in
+from diffspace.nets.layers import FourierEmbedding, Linear, PositionalEmbedding, map_conditioning
 
 __all__ = ["MLP", "MLPBlock", "LayerNorm"]
 
@@ -119,14 +119,7 @@ class MLP(nn.Module):
               augment_labels: torch.Tensor | None, batch: int) -> torch.Tensor:
         """Conditioning vector [B, emb_channels] fed to every block."""
         emb = self.map_noise(noise_labels)
-        if self.map_label is not None:
-            labels = class_labels_in(self.map_label, class_labels, like=emb, batch=batch, dropout=self.label_dropout,
-                                     training=self.training)
-            emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
-        if self.map_augment is not None and augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels)
-        emb = F.silu(self.map_layer0(emb))
-        return F.silu(self.map_layer1(emb))
+        return map_conditioning(self, emb, class_labels, augment_labels, batch)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:

@@ -21,7 +21,7 @@ from diffspace.nets.layers import (
     Linear,
     PositionalEmbedding,
     UNetBlock,
-    class_labels_in,
+    map_conditioning,
 )
 
 __all__ = ["SongUNet", "check_unet_args"]
@@ -163,14 +163,7 @@ class SongUNet(nn.Module):
         """Conditioning vector [B, emb_channels] fed to every block."""
         emb = self.map_noise(noise_labels)
         emb = emb.reshape(emb.shape[0], 2, -1).flip(1).reshape(emb.shape)  # [cos, sin] -> [sin, cos]
-        if self.map_label is not None:
-            labels = class_labels_in(self.map_label, class_labels, like=emb, batch=batch, dropout=self.label_dropout,
-                                     training=self.training)
-            emb = emb + self.map_label(labels * math.sqrt(self.map_label.in_features))
-        if self.map_augment is not None and augment_labels is not None:
-            emb = emb + self.map_augment(augment_labels)
-        emb = F.silu(self.map_layer0(emb))
-        return F.silu(self.map_layer1(emb))
+        return map_conditioning(self, emb, class_labels, augment_labels, batch)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor, class_labels: torch.Tensor | None = None,
                 augment_labels: torch.Tensor | None = None) -> torch.Tensor:
