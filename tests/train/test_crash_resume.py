@@ -32,25 +32,23 @@ def _launch(outdir):
 
 
 def _run_with_kill(outdir, rng, kill: bool, log: list[str]) -> int:
-    """Start a run; if `kill`, SIGKILL it a random 0–1.5 s after its first tick line. Returns the exit code."""
+    """Start a run; if `kill`, SIGKILL it at a random point after its tick-k line, k drawn from 2..14.
+
+    A state is saved at every tick from 1 on, so a run killed there has one to resume from, and at least five
+    ticks remain, so the kill lands before the run ends even on a slow machine. Returns the exit code."""
     proc = _launch(outdir)
-    started = threading.Event()
+    kill_tick = rng.randint(2, 14) if kill else None
+    delay = rng.uniform(0.0, 0.05) if kill else 0.0  # lands anywhere within the tick, a state write included
 
     def reader():
         for line in proc.stdout:
             log.append(line.rstrip())
-            if line.startswith("tick "):
-                started.set()
+            if kill_tick is not None and line.split()[:2] == ["tick", str(kill_tick)]:
+                time.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
 
     t = threading.Thread(target=reader, daemon=True)
     t.start()
-    if kill:
-        while not started.wait(0.05):
-            if proc.poll() is not None:
-                break
-        if proc.poll() is None:
-            time.sleep(rng.uniform(0.0, 1.5))
-            proc.send_signal(signal.SIGKILL)
     rc = proc.wait(timeout=600)
     t.join(timeout=10)
     return rc
