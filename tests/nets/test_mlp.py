@@ -8,7 +8,7 @@ import torch
 from diffspace.errors import ConfigError
 from diffspace.nets import MLP, build_network
 
-from .helpers import one_hot, randomize_
+from .helpers import assert_compiles_whole, one_hot, randomize_
 
 
 def test_two_dimensional_points():
@@ -94,9 +94,4 @@ def test_bad_arguments(kwargs, match):
 def test_compile_traces_without_graph_breaks():
     net = randomize_(MLP(in_features=2, hidden=16, num_layers=2, label_dim=3, augment_dim=9)).eval()
     x, noise, labels, aug = torch.randn(4, 2), torch.randn(4), one_hot([0, 1, 2, 0], 3), torch.randn(4, 9)
-    compiled = torch.compile(net, backend="eager", fullgraph=True)
-    try:
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x, noise, labels, aug), net(x, noise, labels, aug))
-    finally:
-        torch._dynamo.reset()
+    assert_compiles_whole(net, x, noise, labels, aug)

@@ -10,7 +10,7 @@ import torch
 from diffspace.errors import ConfigError
 from diffspace.nets import DhariwalUNet, SongUNet
 
-from .helpers import one_hot, randomize_
+from .helpers import assert_compiles_whole, one_hot, randomize_
 
 B, R = 3, 8
 
@@ -182,15 +182,9 @@ def test_every_parameter_gets_a_gradient(variant):
 
 @pytest.mark.parametrize("variant", ["song-fourier-residual-skip", pytest.param("adm", marks=pytest.mark.slow)])
 def test_compile_traces_without_graph_breaks(variant):
-    """No Python branch on tensor values (no .item()): dynamo traces the whole forward as one graph."""
     net = randomize_(VARIANTS[variant](label_dim=4, augment_dim=9)).eval()
     x, noise, labels, aug = inputs(4, 9)
-    compiled = torch.compile(net, backend="eager", fullgraph=True)
-    try:
-        with torch.no_grad():
-            torch.testing.assert_close(compiled(x, noise, labels, aug), net(x, noise, labels, aug))
-    finally:
-        torch._dynamo.reset()
+    assert_compiles_whole(net, x, noise, labels, aug)
 
 
 @pytest.mark.parametrize(("kwargs", "match"), [
