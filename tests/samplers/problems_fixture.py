@@ -4,6 +4,7 @@ import math
 
 import torch
 
+from diffspace import samplers
 from diffspace.denoisers import GaussianMixture
 
 
@@ -23,3 +24,19 @@ def slope(ns, errs) -> float:
     y = torch.tensor(errs, dtype=torch.float64).log()
     x = x - x.mean()
     return float((x * (y - y.mean())).sum() / (x * x).sum())
+
+
+def run_scalar(name, z: float, sigmas, *, model, **options) -> float:
+    """Sampler `name` from the single 1-D point z along the float64 grid `sigmas`; returns the endpoint."""
+    x = torch.tensor([[z]], dtype=torch.float64)
+    return float(samplers.get(name)(model, x, torch.tensor(sigmas, dtype=torch.float64), **options))
+
+
+class FixedNoise:
+    """A noise source that returns the given values in order (one scalar per draw)."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def randn_like(self, x):
+        return torch.full_like(x, self.values.pop(0))

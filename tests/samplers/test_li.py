@@ -1,6 +1,7 @@
 """Li et al. (2024) samplers, forms A–F of spec §2.8, and their schedule (spec §2.1): closed-form single steps
 on a 1-D Gaussian, convergence orders on an exact mixture, exact output laws on a Gaussian target."""
 
+import functools
 import math
 
 import pytest
@@ -11,6 +12,8 @@ from diffspace.denoisers import Gaussian, GaussianMixture
 from diffspace.errors import ConfigError
 from diffspace.samplers import converge, problems
 from diffspace.samplers.li import accel_coeff
+
+from .problems_fixture import FixedNoise, run_scalar
 
 M, V = 0.7, 0.3  # 1-D Gaussian target N(M, V): D(z; σ) = M + V/(V + σ²)(z − M)
 G = Gaussian(torch.tensor([M], dtype=torch.float64), torch.tensor(V, dtype=torch.float64))
@@ -24,19 +27,7 @@ def eps(z: float, s: float) -> float:
     return (z - D(z, s)) / s
 
 
-def run(name, z, sigmas, **kw) -> float:
-    x = torch.tensor([[z]], dtype=torch.float64)
-    return float(samplers.get(name)(G, x, torch.tensor(sigmas, dtype=torch.float64), **kw))
-
-
-class FixedNoise:
-    """Returns the given values in order (one scalar per draw)."""
-
-    def __init__(self, *values):
-        self.values = list(values)
-
-    def randn_like(self, x):
-        return torch.full_like(x, self.values.pop(0))
+run = functools.partial(run_scalar, model=G)
 
 
 # ---- schedule ------------------------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 data predictions, convergence orders on an exact mixture, NFE accounting of every registered sampler, AFS,
 and the bad-input rules."""
 
+import functools
 import math
 
 import pytest
@@ -12,6 +13,8 @@ from diffspace.denoisers import Gaussian, GaussianMixture
 from diffspace.errors import ConfigError
 from diffspace.samplers import converge, problems
 from diffspace.samplers.multistep import adams_bashforth_weights
+
+from .problems_fixture import FixedNoise, run_scalar
 
 M, V = -0.4, 0.5  # 1-D Gaussian target N(M, V)
 G = Gaussian(torch.tensor([M], dtype=torch.float64), torch.tensor(V, dtype=torch.float64))
@@ -26,17 +29,7 @@ def d(z: float, s: float) -> float:
     return (z - D(z, s)) / s
 
 
-def run(name, z, sigmas, model=G, **kw) -> float:
-    x = torch.tensor([[z]], dtype=torch.float64)
-    return float(samplers.get(name)(model, x, torch.tensor(sigmas, dtype=torch.float64), **kw))
-
-
-class FixedNoise:
-    def __init__(self, *values):
-        self.values = list(values)
-
-    def randn_like(self, x):
-        return torch.full_like(x, self.values.pop(0))
+run = functools.partial(run_scalar, model=G)
 
 
 # ---- closed-form steps --------------------------------------------------------------------------------------
