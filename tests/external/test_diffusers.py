@@ -70,7 +70,8 @@ def test_diffspace_ddim_reproduces_diffusers_ddim_loop(tmp_path, prediction, sam
     assert (expected - x_T).abs().max() > 0.1  # a non-trivial trajectory
     for dtype, want in ((torch.float64, expected64), (torch.float32, expected)):
         D, info = load_diffusers(tmp_path)
-        D.to(dtype).dtype = dtype
+        D.to(dtype)
+        assert D.dtype == dtype and D.sigmas.dtype == torch.float64
         assert info["diffusers"]["prediction_type"] == prediction and D.label_dim == 0
         sigmas = D.timesteps_to_sigmas(timesteps)  # + a final 0: DDIM's set_alpha_to_one ends at ᾱ = 1
         assert sigmas[0] == D.sigmas[int(timesteps[0])] and sigmas[-1] == 0

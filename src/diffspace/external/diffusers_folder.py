@@ -186,9 +186,8 @@ def load_diffusers(path: str | os.PathLike, *, timestep: str = "interpolate", nu
     if null_class is not None and not 0 <= null_class < max(label_dim, 1):
         raise ConfigError(f"null_class={null_class} is out of range for a UNet with {label_dim} classes")
     model = _UNetCall(unet, label_dim, null_class, channels)
-    dtype = next(unet.parameters()).dtype
     net = DiscreteVP(model, alphas_cumprod, prediction=prediction, timestep=timestep, label_dim=label_dim,
-                     img_shape=(channels, res, res), dtype=dtype)
+                     img_shape=(channels, res, res))
     info = {"data": {"shape": [channels, res, res], "label_dim": label_dim},
             "diffusers": {"scheduler": sched_config["_class_name"], "prediction_type": prediction,
                           "num_train_timesteps": len(alphas_cumprod), "timestep": timestep}}

@@ -73,13 +73,19 @@ class DiscreteVP(nn.Module):
         if timestep not in _TIMESTEP_MODES:
             raise ConfigError(f"unknown timestep mode {timestep!r}: choose 'interpolate' or 'nearest'")
         self.model = model
-        self.prediction, self.timestep, self.label_dim, self.dtype = prediction, timestep, int(label_dim), dtype
-        sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
-        self.register_buffer("sigmas", sigmas, persistent=False)
-        self.register_buffer("log_sigmas", sigmas.log(), persistent=False)
-        self.num_timesteps = len(sigmas)
+        self.prediction, self.timestep, self.label_dim, self._dtype = prediction, timestep, int(label_dim), dtype
+        # The table stays float64 on the CPU whatever .to() does to the module (the σ -> t map needs its precision).
+        self.sigmas = sigmas_from_alphas_cumprod(alphas_cumprod)
+        self.log_sigmas = self.sigmas.log()
+        self.num_timesteps = len(self.sigmas)
         if img_shape is not None:
             self.img_channels, self.img_resolution = int(img_shape[0]), int(img_shape[1])
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype the model is called in: its parameters' (after .to(...)), else the constructor's `dtype`."""
+        param = next(self.model.parameters(), None) if isinstance(self.model, nn.Module) else None
+        return param.dtype if param is not None else self._dtype
 
     @property
     def sigma_min(self) -> float:
@@ -94,7 +100,7 @@ class DiscreteVP(nn.Module):
     def sigma_to_t(self, sigma, mode: str | None = None) -> torch.Tensor:
         """Timesteps (float64) of noise levels: nearest table entry in log σ, or linear interpolation in log σ."""
         mode = mode or self.timestep
-        log_sigma = torch.as_tensor(sigma, dtype=torch.float64, device=self.log_sigmas.device).log()
+        log_sigma = torch.as_tensor(sigma).detach().to("cpu", torch.float64).log()
         table = self.log_sigmas
         if mode == "nearest":
             return (log_sigma.reshape(-1, 1) - table).abs().argmin(1).reshape(log_sigma.shape).to(torch.float64)
@@ -104,7 +110,7 @@ class DiscreteVP(nn.Module):
 
     def t_to_sigma(self, t) -> torch.Tensor:
         """Noise levels (float64) of timesteps; fractional t interpolates log σ linearly (inverse of sigma_to_t)."""
-        t = torch.as_tensor(t, dtype=torch.float64, device=self.sigmas.device).clamp(0, self.num_timesteps - 1)
+        t = torch.as_tensor(t).detach().to("cpu", torch.float64).clamp(0, self.num_timesteps - 1)
         low = t.floor().to(torch.long).clamp(max=self.num_timesteps - 2)
         w = t - low
         return ((1 - w) * self.log_sigmas[low] + w * self.log_sigmas[low + 1]).exp()
@@ -115,7 +121,7 @@ class DiscreteVP(nn.Module):
         t = torch.as_tensor(timesteps).to("cpu", torch.long).reshape(-1)
         if t.numel() == 0 or bool((t < 0).any()) or bool((t >= self.num_timesteps).any()):
             raise ConfigError(f"timesteps must lie in 0..{self.num_timesteps - 1}, got {t.tolist()[:8]}")
-        sig = self.sigmas.cpu()[t]
+        sig = self.sigmas[t]
         return torch.cat([sig, sig.new_zeros(1)]) if append_zero else sig
 
     def round_sigma(self, sigma):
@@ -123,7 +129,7 @@ class DiscreteVP(nn.Module):
         sigma = torch.as_tensor(sigma)
         if self.timestep != "nearest":
             return sigma
-        t = self.sigma_to_t(sigma.to(self.sigmas.device), "nearest").to(torch.long)
+        t = self.sigma_to_t(sigma, "nearest").to(torch.long)
         return self.sigmas[t].to(sigma.device, sigma.dtype if sigma.is_floating_point() else torch.float64)
 
     # -- the denoiser ------------------------------------------------------------------------------------------
@@ -133,7 +139,7 @@ class DiscreteVP(nn.Module):
         if sigma.numel() not in (1, x.shape[0]):
             raise ConfigError(f"sigma has {sigma.numel()} values for a batch of {x.shape[0]}: pass one per sample")
         sigma = sigma.expand(x.shape[0])
-        t = self.sigma_to_t(sigma.to(self.log_sigmas.device)).to(x.device)
+        t = self.sigma_to_t(sigma).to(x.device)
         s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
         z = x.to(torch.float64)
         scale = 1 / (1 + s**2).sqrt()  # sqrt(ᾱ)
