@@ -181,3 +181,21 @@ def test_bad_diffusers_folders(tmp_path, capsys):
 
     _one_line_error(capsys, variant("bin", to_bin), out, ".bin weights")
     assert not out.exists()
+
+
+def test_pipeline_folder_layout(tmp_path):
+    """A pipeline folder as DDPMPipeline.save_pretrained writes it (model_index.json, unet/, scheduler/) loads like a
+    flat folder. (Written component by component: importing diffusers' pipelines is slow.)"""
+    unet, sched = _save(tmp_path / "flat", "v_prediction")
+    unet.save_pretrained(tmp_path / "pipe" / "unet")
+    sched.save_pretrained(tmp_path / "pipe" / "scheduler")
+    (tmp_path / "pipe" / "model_index.json").write_text(json.dumps(
+        {"_class_name": "DDPMPipeline", "unet": ["diffusers", "UNet2DModel"],
+         "scheduler": ["diffusers", "DDPMScheduler"]}))
+    assert (tmp_path / "pipe" / "model_index.json").is_file()
+    a, info = load_diffusers(tmp_path / "pipe")
+    b, _ = load_diffusers(tmp_path / "flat")
+    assert info["diffusers"]["prediction_type"] == "v_prediction"
+    x, sigma = torch.randn(2, 2, 8, 8, dtype=torch.float64), torch.tensor([0.3, 30.0], dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(a(x, sigma), b(x, sigma))
