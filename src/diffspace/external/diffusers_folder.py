@@ -124,8 +124,9 @@ class _UNetCall(nn.Module):
             null = labels.abs().sum(1) == 0
             if bool(null.any()):
                 if self.null_class is None:
-                    raise ConfigError("an all-zero class label (unconditional) was given to a diffusers model "
-                                      "without a null class: pass null_class=INDEX when loading it")
+                    raise ConfigError("an all-zero class label (classifier-free guidance's unconditional branch) "
+                                      "was given to a diffusers UNet without a null class: load it with "
+                                      "load_diffusers(..., null_class=INDEX), or use autoguidance (--guidance-net)")
                 index = torch.where(null, torch.full_like(index, self.null_class), index)
             kwargs["class_labels"] = index
         out = self.unet(x, t, return_dict=False, **kwargs)[0]
