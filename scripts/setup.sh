@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up diffspace in ./.venv on a fresh machine (CPU). Usage: bash scripts/setup.sh [--test]
-#   --test  also install the test tools and the optional files the tests use (FID Inception weights,
+#   --test  also install the test tools (the `test` extra, which includes diffusers for tests/external), and
+#           the optional files the tests use (FID Inception weights,
 #           the Fashion-MNIST Debian package when apt-get is available).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -397,13 +397,18 @@ def check_sampler(net, sampler: str, options: dict | None = None, *, steps: int 
 
 
 def load(path, *, which: str = "ema", device: str | torch.device = "cpu"):
-    """(network, info) of a checkpoint file or run folder; `info` is what training recorded (data shape, kimg)."""
+    """(network, info) of a checkpoint file or run folder; `info` is what training recorded (data shape, kimg).
+    EDM snapshots (.pkl) and diffusers folders are accepted too (diffspace.external.load_foreign)."""
     import json
     from pathlib import Path
 
     from diffspace.errors import CheckpointError
+    from diffspace.external.load import load_foreign
     from diffspace.io import checkpoint as ckpt
 
+    foreign = load_foreign(path, which=which, device=device)
+    if foreign is not None:
+        return foreign
     path = Path(path)
     files = [path]
     if path.is_dir():

@@ -22,12 +22,18 @@ _S_FLAGS = (("S_churn", "stochasticity strength (edm sampler; default 0 = determ
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to generate")
-    g.add_argument("--network", metavar="CKPT", help="network snapshot, training state or run folder (required)")
+    g.add_argument("--network", metavar="CKPT", help="network snapshot, training state or run folder, EDM snapshot "
+                                                     "(.pkl) or diffusers folder (required)")
     g.add_argument("--which", choices=("ema", "net"), default="ema", help="weights of a training state (default ema)")
     g.add_argument("--seeds", default="0-63", metavar="LIST", help="seeds, e.g. 0-63 or 1,2,5-7 (default 0-63)")
     g.add_argument("--class", dest="class_idx", type=int, default=None, metavar="N",
                    help="class of every image (conditional networks; default: a random class per seed)")
     g.add_argument("--batch", type=int, default=64, help="images per batch and process (default 64)")
+    g.add_argument("--guidance", type=float, default=None, metavar="W",
+                   help="guidance weight: D_ref + W·(D − D_ref), 1 = none; classifier-free with the null label, or "
+                        "autoguidance with --guidance-net (2 network evaluations per NFE)")
+    g.add_argument("--guidance-net", dest="guidance_net", default=None, metavar="CKPT",
+                   help="weaker network of the same shape and labels guiding the main one (autoguidance)")
 
     g = p.add_argument_group("sampler")
     g.add_argument("--sampler", default="edm", help="sampler name (default edm = Heun, Algorithm 2); "
@@ -136,6 +142,9 @@ def run(args: argparse.Namespace) -> int:
     if world > 1:  # torchrun stops the other ranks with SIGTERM when one fails: clean up on the way out
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     net, info = G.load(args.network, which=args.which, device=device)
+    from diffspace.external.load import guided
+
+    net = guided(net, args.guidance, args.guidance_net, device=device)
     shape = G.image_shape(net, info)
     if len(shape) != 3:
         raise ConfigError(f"{args.network} generates vectors of shape {list(shape)}, not images")
@@ -161,6 +170,8 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             written = out.finish(world)
             secs = time.time() - t0
+            if args.guidance is not None:
+                nfe = f"{nfe} ({nfe * net.nfe_factor} network evaluations with guidance)"
             dist.print0(f"{len(seeds)} images, sampler {args.sampler}, {args.steps} steps, NFE {nfe} per image, "
                         f"{world} process(es), {secs:.1f} s; wrote {', '.join(written)}")
         dist.barrier()

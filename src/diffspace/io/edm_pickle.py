@@ -25,7 +25,7 @@ from torch import nn
 
 from diffspace.errors import CheckpointError
 
-__all__ = ["EDMRecord", "read_edm_pickle", "build_from_record", "load_edm_network"]
+__all__ = ["EDMRecord", "read_edm_pickle", "build_from_record", "load_edm_network", "edm_info", "load_edm_snapshot"]
 
 
 class EDMRecord:
@@ -238,3 +238,48 @@ def load_edm_network(source: str | os.PathLike | bytes, key: str = "ema") -> nn.
     if key not in data:
         raise CheckpointError(f"the EDM pickle has no entry {key!r}: it has {', '.join(map(str, data))}")
     return build_from_record(data[key])
+
+
+def _json_only(value: Any) -> Any:
+    """Numbers, strings, booleans, None and lists/dicts of them (numpy scalars turned into numbers); records become
+    {'class': name, 'state': ...}; anything else (tensors, opaque objects) is dropped as None."""
+    value = _plain(value) if not isinstance(value, EDMRecord) else value
+    if isinstance(value, EDMRecord):
+        state = {k: v for k, v in value.state.items() if not k.startswith("_") and k != "training"}
+        return {"class": value.class_name, "state": _json_only(state)}
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            j = _json_only(v)
+            if j is not None or v is None:
+                out[str(k)] = j
+        return out
+    if isinstance(value, list):
+        return [_json_only(v) for v in value]
+    if isinstance(value, (str, bool, int, float)) or value is None:
+        return value
+    return None
+
+
+def edm_info(data: dict, key: str = "ema") -> dict:
+    """The training options an EDM snapshot records, JSON-ready: data shape and label dimension, the
+    preconditioner class and its arguments, the dataset options, the loss and the augmentation pipeline."""
+    record = data.get(key)
+    if not isinstance(record, EDMRecord):
+        raise CheckpointError(f"the EDM pickle's {key!r} entry is not a network record")
+    kwargs = dict(zip(_PRECOND_POSITIONAL, record.init_args)) | record.init_kwargs
+    shape = [int(kwargs.get("img_channels", 0)), int(kwargs.get("img_resolution", 0)),
+             int(kwargs.get("img_resolution", 0))]
+    edm = {"precond": record.class_name, "network_kwargs": _json_only(kwargs)}
+    for name in ("dataset_kwargs", "loss_fn", "augment_pipe"):
+        if name in data:
+            edm[name] = _json_only(data[name])
+    return {"data": {"shape": shape, "label_dim": int(kwargs.get("label_dim", 0) or 0)}, "edm": edm}
+
+
+def load_edm_snapshot(source: str | os.PathLike | bytes, key: str = "ema") -> tuple[nn.Module, dict]:
+    """(network, info) of an EDM snapshot: `load_edm_network` plus `edm_info`, from one read of the file."""
+    data = read_edm_pickle(source)
+    if key not in data:
+        raise CheckpointError(f"the EDM pickle has no entry {key!r}: it has {', '.join(map(str, data))}")
+    return build_from_record(data[key]), edm_info(data, key)
