@@ -21,4 +21,9 @@ if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null &
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
     || echo "note: could not install dataset-fashion-mnist; the demo will use scikit-learn digits"
 fi
+# Headless Chromium for the test that opens the reproduction report in a real browser (tests only).
+if [ "${1:-}" = "--test" ] && ! command -v chromedriver >/dev/null && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+  (apt-get update -qq && apt-get install -y -qq chromium chromium-driver) >/dev/null 2>&1 \
+    || echo "note: could not install chromium; the browser test of the report will be skipped"
+fi
 echo "diffspace installed in .venv ($(.venv/bin/python -c 'import diffspace; print(diffspace.__version__)'))"

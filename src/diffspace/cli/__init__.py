@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "dataset": ("diffspace.cli.dataset", "convert image folders, IDX or npz files into an EDM zip"),
     "converge": ("diffspace.cli.converge", "measure the convergence order of samplers"),
     "convert": ("diffspace.cli.convert", "convert an NVlabs/edm snapshot (.pkl) into a diffspace checkpoint"),
+    "reproduce": ("diffspace.cli.reproduce", "check the papers' verifiable claims and write a report"),
 }
 
 
