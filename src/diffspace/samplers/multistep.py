@@ -16,7 +16,7 @@ from diffspace.samplers.base import Run, euler_step, to_d
 
 
 def afs_denoised(x: torch.Tensor, sigma) -> torch.Tensor:
-    """Analytical first step (AMED/GITS, spec §3.9): assume dx/dσ = x/sqrt(1 + σ²), i.e. D = x − σx/sqrt(1 + σ²)."""
+    """Analytical first step (AMED/GITS): assume dx/dσ = x/sqrt(1 + σ²), i.e. D = x − σx/sqrt(1 + σ²)."""
     return x - sigma * x / (1 + sigma**2).sqrt()
 
 
