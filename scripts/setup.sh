@@ -8,8 +8,11 @@ PY=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 PIP=".venv/bin/python -m pip"
 $PIP install -q --upgrade pip >/dev/null
-# torch first and pinned: an unpinned torch would resolve to a multi-GB CUDA build.
-$PIP install -q torch==2.13.0
+# torch first and pinned, the CPU-only build from PyTorch's CPU index (PyPI's Linux wheels are multi-GB CUDA
+# builds); if that index cannot be reached, whatever torch 2.13.0 pip finds (PyPI: the CUDA build, which also runs
+# on a CPU). For a CUDA build on purpose see the README ("Installing by hand").
+$PIP install -q --retries 1 --timeout 30 torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu \
+  || $PIP install -q torch==2.13.0
 extras=all
 [ "${1:-}" = "--test" ] && extras=test
 $PIP install -q -e ".[$extras]"
