@@ -36,7 +36,7 @@ def test_quick_mode_runs(script, tmp_path):
         pytest.skip(ELSEWHERE[script.name])
     results = ROOT / "benchmarks" / "results"
     before = _snapshot(results)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
+    env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join(
         [str(ROOT / "src"), *filter(None, [os.environ.get("PYTHONPATH")])]))
     res = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path, env=env, capture_output=True,
                          text=True, timeout=1500)

@@ -25,7 +25,7 @@ def _has_detector() -> bool:
 @pytest.mark.slow
 def test_gpu_check_cpu_mode(tmp_path):
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    env = dict(os.environ, PYTHON=sys.executable, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path))
     res = subprocess.run(["bash", str(ROOT / "scripts" / "gpu-check.sh"), "--cpu", "--outdir", str(out),
                           "--budget", "3000"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
