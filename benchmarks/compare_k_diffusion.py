@@ -2,23 +2,33 @@
 
 Prints, for every sampler k-diffusion also has, the largest absolute difference of the final samples and the
 wall-time ratio (ours / k-diffusion, best of 3, cheap denoiser so that sampler overhead shows), and writes
-benchmarks/results/compare_k_diffusion.json.
+benchmarks/results/compare_k_diffusion.json (or OUT/compare_k_diffusion.json with `--out OUT`).
 
-k-diffusion is not a dependency. Install it next to diffspace without its heavy extras:
+    python benchmarks/compare_k_diffusion.py            # the full comparison (about a minute on one core)
+    python benchmarks/compare_k_diffusion.py --quick    # 2 grids, 1 timing repeat; writes to a temp folder
 
-    pip install --no-deps k-diffusion torchsde torchdiffeq trampoline    # scipy, tqdm, pillow, safetensors too
+Both modes run k-diffusion itself and exit non-zero when a pair that should agree differs by more than 1e-11
+(float64 round-off over a few dozen steps stays below 1e-12 here).
 
-Its package __init__ imports training code (and torchvision); this script loads only `k_diffusion.sampling`,
-with a stand-in `torchvision` module when torchvision is not installed (sampling does not use it).
+k-diffusion is not a dependency. Install it next to diffspace without its heavy extras (`bash scripts/setup.sh
+--test` does this); `--no-deps` keeps pip from replacing the installed torch with another build:
+
+    pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
+
+(its sampling module also needs scipy, tqdm, pillow and safetensors, which the `test` extra installs). Its
+package __init__ imports training code (and torchvision); this script loads only `k_diffusion.sampling`, with a
+stand-in `torchvision` module when torchvision is not installed (sampling does not use it).
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
 import os
 import platform
 import sys
+import tempfile
 import time
 import types
 from pathlib import Path
@@ -28,14 +38,16 @@ import torch
 from diffspace import grids, samplers
 from diffspace.samplers import problems
 
-OUT = Path(__file__).parent / "results" / "compare_k_diffusion.json"
+OUT = Path(__file__).parent / "results"
+TOLERANCE = 1e-11  # every pair implements the same update in float64; the largest measured gap is ~1e-13
 
 
 def load_k_sampling():
     """Import k_diffusion.sampling without running k_diffusion/__init__.py."""
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None:
-        sys.exit("k-diffusion is not installed: pip install --no-deps k-diffusion torchsde torchdiffeq trampoline")
+        sys.exit("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 "
+                 "torchdiffeq==0.2.5 trampoline==0.1.2 (or bash scripts/setup.sh --test)")
     if importlib.util.find_spec("torchvision") is None:  # stand-in: k_diffusion.utils imports it at top level
         tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
                                                      "torchvision.transforms.functional"))
@@ -86,6 +98,8 @@ def pairs(ks):
         ("dpmpp_2m / sample_dpmpp_2m", ours("dpmpp_2m"), theirs(ks.sample_dpmpp_2m)),
         ("dpmpp_3m compat / sample_dpmpp_3m_sde eta=0", ours("dpmpp_3m", compat=True),
          theirs(ks.sample_dpmpp_3m_sde, eta=0.0)),
+        ("ipndm / sample_lms (order 4)", ours("ipndm"), theirs(ks.sample_lms, order=4)),
+        ("ipndm max_order=3 / sample_lms order=3", ours("ipndm", max_order=3), theirs(ks.sample_lms, order=3)),
         ("euler_ancestral / sample_euler_ancestral", ours("euler_ancestral"),
          theirs(ks.sample_euler_ancestral, noisy=True)),
         ("euler_ancestral eta=0.5 / same", ours("euler_ancestral", eta=0.5),
@@ -106,37 +120,51 @@ def best_time(fn, *args, repeats=3) -> float:
     return min(times)
 
 
-def main() -> None:
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="grids edm(5), edm(10) only and one timing repeat; "
+                    "writes to a new temporary folder unless --out is given")
+    ap.add_argument("--out", help="folder for compare_k_diffusion.json (default: benchmarks/results)")
+    args = ap.parse_args()
+    out_dir = Path(args.out) if args.out else (Path(tempfile.mkdtemp(prefix="compare_kd_quick_")) if args.quick
+                                               else OUT)
+    steps, repeats = ((5, 10), 1) if args.quick else ((5, 10, 25), 3)
     torch.set_num_threads(1)
     ks = load_k_sampling()
     problem = problems.get("gmm2")
     model, seeds = problem.denoiser, list(range(16))
     results, worst = [], 0.0
     grid_diff = max(float((grids.edm(n) - ks.get_sigmas_karras(n, 0.002, 80.0, 7.0).to(torch.float64)).abs().max())
-                    for n in (5, 10, 25))
+                    for n in steps)
     print(f"grid: max |grids.edm(n) - get_sigmas_karras(n)| = {grid_diff:.2e}\n")
     print(f"{'ours / k-diffusion':46s} {'grid':>18s} {'max |diff|':>11s} {'time ratio':>10s}")
     for label, f_ours, f_theirs in pairs(ks):
-        for n in (5, 10, 25):
+        for n in steps:
             for zero in (True, False):
                 sig = grids.edm(n, append_zero=zero)
                 x = samplers.StackedRandom(seeds).randn(problem.shape, dtype=torch.float64) * sig[0]
                 diff = float((f_ours(model, x, sig, seeds) - f_theirs(model, x, sig, seeds)).abs().max())
-                ratio = best_time(f_ours, model, x, sig, seeds) / best_time(f_theirs, model, x, sig, seeds)
+                ratio = (best_time(f_ours, model, x, sig, seeds, repeats=repeats)
+                         / best_time(f_theirs, model, x, sig, seeds, repeats=repeats))
                 worst = max(worst, diff)
                 grid_name = f"edm({n}){' + 0' if zero else ''}"
                 results.append({"pair": label, "grid": grid_name, "max_abs_diff": diff, "time_ratio": ratio})
                 print(f"{label:46s} {grid_name:>18s} {diff:11.2e} {ratio:10.2f}")
     print(f"\nworst difference {worst:.2e} (float64, |x| up to {80 * 4:.0f} at the start)")
-    OUT.parent.mkdir(parents=True, exist_ok=True)
+    out = out_dir / "compare_k_diffusion.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     info = {"problem": problem.description, "batch": len(seeds), "dtype": "float64", "threads": 1,
             "k_diffusion_version": _version("k-diffusion"), "torch": torch.__version__,
             "machine": platform.platform(), "cpus": os.cpu_count(), "grid_max_abs_diff": grid_diff,
-            "worst_max_abs_diff": worst, "results": results}
-    tmp = OUT.with_name(f".{OUT.name}.tmp")
+            "worst_max_abs_diff": worst, "quick": args.quick, "results": results}
+    tmp = out.with_name(f".{out.name}.tmp")
     tmp.write_text(json.dumps(info, indent=1) + "\n")
-    os.replace(tmp, OUT)
-    print(f"wrote {OUT}")
+    os.replace(tmp, out)
+    print(f"wrote {out}")
+    if worst > TOLERANCE:
+        print(f"FAILED: a pair differs by {worst:.2e} > {TOLERANCE:g}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _version(dist: str) -> str:
@@ -149,4 +177,4 @@ def _version(dist: str) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

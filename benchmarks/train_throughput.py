@@ -7,6 +7,11 @@ its own process (so torch.compile caches and allocator state do not carry over) 
 
     python benchmarks/train_throughput.py                      # CPU, writes benchmarks/results/train_throughput.*
     python benchmarks/train_throughput.py --device cuda --out benchmarks/results/gpu
+    python benchmarks/train_throughput.py --quick               # seconds: small preset, batch 4, no compile;
+                                                                # writes to a fresh temp folder unless --out
+
+bf16 runs the network under autocast; the preconditioning casts its output back to float32 (as the training loop
+relies on), so no hook is needed.
 """
 
 from __future__ import annotations
@@ -18,11 +23,13 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 CONFIGS = {"ddpmpp": 8, "ddpmpp-small": 32}  # network preset -> batch size
 VARIANTS = ("fp32", "bf16", "channels_last", "compile")
+QUICK = {"archs": "ddpmpp-small", "variants": "fp32,bf16,channels_last", "steps": 1, "warmup": 1, "batch": 4}
 
 
 def _cpu_name() -> str:
@@ -42,7 +49,6 @@ def measure(arch: str, batch: int, variant: str, steps: int, warmup: int, device
     from diffspace.design.precond import EDMPrecond
     from diffspace.nets import build_network, count_parameters
     from diffspace.train.ema import EMA
-    from diffspace.train.loop import float32_output
     from diffspace.train.loss import EDMLoss
 
     dev = torch.device(device)
@@ -56,8 +62,6 @@ def measure(arch: str, batch: int, variant: str, steps: int, warmup: int, device
     if cl:
         net = net.to(memory_format=torch.channels_last)
     autocast = torch.autocast(dev.type, dtype=torch.bfloat16, enabled=variant == "bf16")
-    if variant == "bf16":
-        net.model.register_forward_hook(float32_output)
     fwd = torch.compile(net) if variant == "compile" else net
     g = torch.Generator().manual_seed(1)
     x = (torch.rand(batch, 3, 32, 32, generator=g) * 2 - 1).to(dev)
@@ -104,12 +108,25 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=5, help="timed steps (median reported)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps first (compilation happens here)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, help="batch size for every network (default: per preset, see --archs)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run in seconds: ddpmpp-small, batch 4, fp32/bf16/channels_last (no compile), "
+                         "1 timed step; results go to a new temporary folder unless --out is given")
     ap.add_argument("--timeout", type=float, default=1800, help="seconds per (network, variant) before giving up")
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results"), help="folder for the JSON/markdown")
+    ap.add_argument("--out", help="folder for the JSON/markdown (default: benchmarks/results)")
     ap.add_argument("--note", help="a remark stored with the results (e.g. other load on the machine)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown (and note) from a results JSON")
     ap.add_argument("--one", nargs=2, metavar=("ARCH", "VARIANT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.quick:
+        for key, value in QUICK.items():
+            if key in ("archs", "variants", "steps", "warmup") and f"--{key}" in sys.argv[1:]:
+                continue
+            if key == "batch" and args.batch is not None:
+                continue
+            setattr(args, key, value)
+        args.out = args.out or tempfile.mkdtemp(prefix="train_throughput_quick_")
+    args.out = args.out or str(Path(__file__).parent / "results")
 
     if args.render:
         data = json.loads(Path(args.render).read_text())
@@ -120,7 +137,7 @@ def main() -> int:
 
     if args.one:
         arch, variant = args.one
-        print(json.dumps(measure(arch, CONFIGS[arch], variant, args.steps, args.warmup, args.device)))
+        print(json.dumps(measure(arch, args.batch or CONFIGS[arch], variant, args.steps, args.warmup, args.device)))
         return 0
 
     import torch
@@ -128,8 +145,9 @@ def main() -> int:
     rows = []
     for arch in args.archs.split(","):
         for variant in args.variants.split(","):
+            batch = args.batch or CONFIGS[arch]
             cmd = [sys.executable, __file__, "--one", arch, variant, "--steps", str(args.steps), "--warmup",
-                   str(args.warmup), "--device", args.device]
+                   str(args.warmup), "--device", args.device, "--batch", str(batch)]
             t = time.time()
             try:
                 res = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
@@ -137,9 +155,9 @@ def main() -> int:
                     row = json.loads(res.stdout.strip().splitlines()[-1])
                 else:
                     last = (res.stderr.strip().splitlines() or ["?"])[-1]
-                    row = {"arch": arch, "batch": CONFIGS[arch], "variant": variant, "status": f"failed: {last}"}
+                    row = {"arch": arch, "batch": batch, "variant": variant, "status": f"failed: {last}"}
             except subprocess.TimeoutExpired:
-                row = {"arch": arch, "batch": CONFIGS[arch], "variant": variant,
+                row = {"arch": arch, "batch": batch, "variant": variant,
                        "status": f"not run: exceeded {args.timeout:.0f} s"}
             row["wall_sec"] = time.time() - t
             rows.append(row)
@@ -156,7 +174,8 @@ def main() -> int:
     data = {"command": command, "machine": machine, "steps": args.steps, "warmup": args.warmup,
             "note": args.note, "results": rows}
     write(data, Path(args.out))
-    return 0
+    failed = [r for r in rows if r["status"] != "ok"]
+    return 1 if (args.quick and failed) else 0
 
 
 def write(data: dict, out: Path) -> None:

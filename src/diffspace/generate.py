@@ -1,4 +1,4 @@
-"""Generation from a trained network, as EDM's `generate.py` does it (spec §1.3–1.5, §1.9): one image per seed,
+"""Generation from a trained network, as EDM's `generate.py` does it: one image per seed,
 latents, class labels and sampler noise drawn from that seed's own generator, images converted with
 `(x·127.5 + 128).clip(0, 255)` to uint8.
 
@@ -255,7 +255,7 @@ def _sampler_call(name: str, options: dict) -> Callable:
 
 
 def needs_positive_end(sampler: str) -> bool:
-    """Samplers with a `denoise_to_zero` option (Li et al. forms A, C, D, F) stop at σ_min > 0 (spec §4)."""
+    """Samplers with a `denoise_to_zero` option (Li et al. forms A, C, D, F) stop at σ_min > 0."""
     if sampler == "ablation":
         return False
     from diffspace import samplers

@@ -1,4 +1,4 @@
-"""`diffspace train`: train a diffusion model with EDM's options (spec §1.6), on one or several processes.
+"""`diffspace train`: train a diffusion model with EDM's options, on one or several processes.
 
     diffspace train --data toy:gmm8 --arch mlp --outdir runs/gmm8 --batch 256 --duration 2 --lr-rampup 0.01
     torchrun --nproc_per_node=2 -m diffspace train --data cifar10 --outdir runs/c10 --arch ddpmpp-small

@@ -1,4 +1,4 @@
-"""Denoisers D(x; σ): exact ones for known data, and the Denoiser contract (see DESIGN.md)."""
+"""Denoisers D(x; σ): exact ones for known data, and the Denoiser contract."""
 
 from diffspace.denoisers.analytic import Empirical, Gaussian, GaussianMixture
 

@@ -1,4 +1,4 @@
-"""Exact denoisers D(x; σ) = E[y | y + σn = x] for Gaussian, Gaussian-mixture and empirical data (spec §3.4).
+"""Exact denoisers D(x; σ) = E[y | y + σn = x] for Gaussian, Gaussian-mixture and empirical data.
 
 They satisfy the Denoiser contract (unscaled x of shape [B, *event_shape], σ broadcastable to [B]) and compute
 in float64. Used as ground truth for samplers and as the "optimal denoiser" of the geometric perspective.
@@ -200,9 +200,9 @@ class Gaussian(GaussianMixture):
 
 
 class Empirical(_Analytic):
-    """Optimal denoiser of a finite dataset {y_k}: D(x; σ) = Σ_k softmax_k(−‖x − y_k‖²/(2σ²)) y_k (spec §3.4).
+    """Optimal denoiser of a finite dataset {y_k}: D(x; σ) = Σ_k softmax_k(−‖x − y_k‖²/(2σ²)) y_k.
 
-    Identical to one Gaussian mean-shift step with bandwidth σ (spec §3.5). The softmax is streamed over the data
+    Identical to one Gaussian mean-shift step with bandwidth σ (Chen et al. 2023). The softmax is streamed over the data
     in chunks of `chunk_size` rows (running max and running weighted sum, float64 logits from direct
     differences), so working memory is O(B·chunk_size + B·d) whatever the dataset size. `data` may be a tensor,
     a numpy array or a numpy memmap of shape [K, *event_shape]; it is read chunk by chunk, never copied whole.

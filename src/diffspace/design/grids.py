@@ -1,4 +1,4 @@
-"""Noise-level grids σ_0 > σ_1 > … > σ_{N−1} (> σ_N = 0) of EDM's Table 1 and spec §1.5.
+"""Noise-level grids σ_0 > σ_1 > … > σ_{N−1} (> σ_N = 0) of EDM's Table 1 and its code.
 
 Every grid is a pure function returning a float64 tensor of noise levels (σ, not t), ending with 0 unless
 `append_zero=False`. Samplers take these directly; the Table-1 sampler maps them to t with σ⁻¹.
@@ -107,7 +107,7 @@ def iddpm(n: int, sigma_min: float = 0.002, sigma_max: float = 81.0, M: int = 10
 
 
 def li(T: int, c0: float = 2.0, c1: float = 4.0, append_zero: bool = False) -> torch.Tensor:
-    """Li et al. (2024) learning-rate schedule as noise levels σ_T > … > σ_1 (T levels, T − 1 steps; spec §2.1).
+    """Li et al. (2024) learning-rate schedule as noise levels σ_T > … > σ_1 (T levels, T − 1 steps).
 
     β_1 = T^{−c0}, β_{t+1} = (c1 log T/T)·min{β_1(1 + c1 log T/T)^t, 1}; ᾱ_t = ∏_{k≤t}(1 − β_k) and
     σ_t = sqrt((1 − ᾱ_t)/ᾱ_t), so σ_1 = sqrt(β_1/(1 − β_1)) ≈ T^{−c0/2} > 0 and σ_T grows with T. The theory

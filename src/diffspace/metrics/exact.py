@@ -4,7 +4,7 @@
 - `component_weight_error`: how often samples land in each mixture component vs the true weights.
 - `sliced_wasserstein`: SW_p between two sample sets, exact 1-D W_p per random direction.
 - `memorization_ratio`: nearest-training-neighbour distances relative to the spread of the samples
-  (spec experiment 12), plus the common d₁/d₂ < 1/3 criterion.
+  (the memorisation measure used with the geometric perspective), plus the common d₁/d₂ < 1/3 criterion.
 
 Samples are arrays of shape [N, *event_shape]; all computations are in float64.
 """
@@ -159,7 +159,7 @@ def _median_pairwise(x: torch.Tensor, max_samples: int, generator: torch.Generat
 
 def memorization_ratio(samples, train, *, chunk: int = 4096, threshold: float = 1 / 3,
                        max_median_samples: int = 2048, generator: torch.Generator | None = None) -> dict:
-    """How close generated samples are to training points (spec experiment 12).
+    """How close generated samples are to training points (memorisation).
 
     ratio_n = ‖x_n − NN(x_n)‖ / M, with NN the nearest training point (Euclidean, flattened) and M the (lower)
     median of ‖x_i − x_j‖ over all pairs i < j of samples (at most `max_median_samples` of them, a random subset

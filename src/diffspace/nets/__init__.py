@@ -1,4 +1,4 @@
-"""Denoiser backbones F(x, c_noise, class_labels, augment_labels) (spec §1.6, §1.7).
+"""Denoiser backbones F(x, c_noise, class_labels, augment_labels), as in EDM.
 
 `SongUNet` (DDPM++/NCSN++) and `DhariwalUNet` (ADM) match NVlabs/edm's classes argument for argument and
 parameter for parameter; `MLP` serves low-dimensional data; `build_network(name, ...)` builds a preset.

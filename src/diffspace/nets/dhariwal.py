@@ -1,4 +1,4 @@
-"""ADM (Dhariwal & Nichol 2021) as configured by EDM: `DhariwalUNet` (spec §1.6, §1.7).
+"""ADM (Dhariwal & Nichol 2021) as configured by EDM: `DhariwalUNet`.
 
 Constructor arguments, forward arguments, module names and parameter names are those of NVlabs/edm's
 `DhariwalUNet`, so its state dicts load with `strict=True` and its saved constructor arguments build this class.

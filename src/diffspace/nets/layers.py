@@ -1,4 +1,4 @@
-"""Building blocks shared by SongUNet (DDPM++/NCSN++), DhariwalUNet (ADM) and the small nets (spec §1.7).
+"""Building blocks shared by SongUNet (DDPM++/NCSN++), DhariwalUNet (ADM) and the small nets.
 
 Module structure, parameter names and buffers follow NVlabs/edm's `training/networks.py`, so that a state
 dict saved by EDM loads into these modules with `strict=True`. Every layer casts its own parameters to the

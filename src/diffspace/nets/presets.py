@@ -1,4 +1,4 @@
-"""Named network configurations (spec §1.7) and constructors by name or saved config.
+"""Named network configurations (EDM's `--arch` choices and CPU-sized ones) and constructors by name or saved config.
 
 `ddpmpp`, `ncsnpp` and `adm` are EDM's `--arch` choices with its CIFAR-10 (32×32) and ImageNet-64 sizes;
 `*-small` are CPU-sized versions; `mlp` is for low-dimensional data.

@@ -1,6 +1,6 @@
 """Small networks for low-dimensional data (2-D toy sets, mixtures, tiny flattened images).
 
-`MLP` follows the conventions of the U-Nets (spec §1.6, §1.7): the noise label is embedded (positional or
+`MLP` follows the conventions of the U-Nets: the noise label is embedded (positional or
 Fourier), class labels enter through `map_label` applied to `onehot·sqrt(label_dim)`, augmentation labels
 through a bias-free `map_augment` (so `augment_labels=None` equals zero labels), and the resulting vector
 conditions every residual block by an additive affine shift.

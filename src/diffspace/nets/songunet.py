@@ -1,4 +1,4 @@
-"""DDPM++ and NCSN++ (Song et al. 2021) as configured by EDM: `SongUNet` (spec §1.6, §1.7).
+"""DDPM++ and NCSN++ (Song et al. 2021) as configured by EDM: `SongUNet`.
 
 Constructor arguments, forward arguments, module names and parameter names are those of NVlabs/edm's
 `SongUNet`, so its state dicts load with `strict=True` and its saved constructor arguments build this class.

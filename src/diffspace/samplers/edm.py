@@ -1,5 +1,5 @@
 """EDM's samplers (Karras et al. 2022): Euler, Heun (Algorithm 1), stochastic churn (Algorithm 2) and the
-Table-1 sampler for any σ(t), s(t) and grid (spec §1.3–1.5). Names follow the paper: t_hat, x_hat, d_cur, d_prime.
+Table-1 sampler for any σ(t), s(t) and grid. Names follow the paper: t_hat, x_hat, d_cur, d_prime.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Built-in problems with a known answer for the convergence lab (`diffspace converge`).
 
-Each is an exact denoiser (Gaussian mixture or Gaussian, spec §3.4) built deterministically from a seed:
+Each is an exact denoiser (Gaussian mixture or Gaussian) built deterministically from a seed:
 
     gmm2         K=4 mixture in d=2, full covariances
     gmm64        K=8 mixture in d=64, full covariances

@@ -1,4 +1,4 @@
-"""Training: losses, augmentation, EMA and the training loop (spec section 1.6)."""
+"""Training: losses, augmentation, EMA and the training loop, as in EDM."""
 
 from diffspace.train.config import TrainConfig
 from diffspace.train.ema import EMA, ema_beta
