@@ -213,7 +213,7 @@ def test_cli_missing_checkpoint_and_unwritable_outdir(ckpt, tmp_path, capsys):
     blocker.write_text("x")
     assert main(["generate", "--network", str(ckpt), "--outdir", str(blocker / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "not writable" in err and len(err.splitlines()) == 1
+    assert "is a file, not a folder" in err and len(err.splitlines()) == 1
     assert main(["generate", "--network", str(ckpt), "--seeds", "0-3"]) == 2
     assert "nothing to write" in capsys.readouterr().err
 

@@ -85,7 +85,7 @@ def test_unwritable_destination(tmp_path, capsys):
     np.savez(tmp_path / "a.npz", images=np.zeros((3, 4, 4, 1), np.uint8))
     (tmp_path / "file").write_text("x")
     code, _, err = run(capsys, "--source", tmp_path / "a.npz", "--dest", tmp_path / "file" / "out.zip")
-    assert code == 2 and "cannot write to folder" in err and err.count("\n") == 1
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
     (tmp_path / "dir.zip").mkdir()
     code, _, err = run(capsys, "--source", tmp_path / "a.npz", "--dest", tmp_path / "dir.zip")
     assert code == 2 and "is a folder" in err
