@@ -51,15 +51,15 @@ def install_hint(module: str) -> str:
 
 
 def require(modules: Iterable[str], what: str, alternative: str = "") -> None:
-    """ConfigError when a module of `modules` is missing: '<what> needs <package>, which is not installed: <pip
-    command>[ or <alternative>]'."""
+    """ConfigError when a module of `modules` is missing: '<package> is not installed and <what> needs it:
+    <pip command>[, or <alternative>]'."""
     absent = missing(modules)
     if absent:
         m = absent[0]
         package = PACKAGE.get(m, (m, None))[0]
-        more = f" (and {', '.join(PACKAGE.get(a, (a, None))[0] for a in absent[1:])})" if absent[1:] else ""
-        raise ConfigError(f"{what} needs {package}{more}, which is not installed: {install_hint(m)}"
-                          + (f" or {alternative}" if alternative else ""))
+        more = f" (nor {', '.join(PACKAGE.get(a, (a, None))[0] for a in absent[1:])})" if absent[1:] else ""
+        raise ConfigError(f"{package}{more} is not installed and {what} needs it: {install_hint(m)}"
+                          + (f", or {alternative}" if alternative else ""))
 
 
 def _data_needs(spec) -> list[str]:
@@ -71,15 +71,13 @@ def _data_needs(spec) -> list[str]:
 def command_needs(command: str, args) -> list[tuple[list[str], str, str]]:
     """[(modules, what, alternative)] a parsed command line needs: checked by the CLI before the command runs."""
     get = lambda name, default=None: getattr(args, name, default)  # noqa: E731
-    needs = [(list(_CORE), f"diffspace {command}", "")]
+    needs = [(list(_CORE), "this command", "")]
     for option in ("data", "source", "test"):
         value = get(option)
         if isinstance(value, str) and _data_needs(value):
-            needs.append((_data_needs(value), f"diffspace {command} --{option} {value}", ""))
+            needs.append((_data_needs(value), f"--{option} {value}", ""))
     if command == "converge" and not get("no_plot", True):
-        needs.append((["matplotlib"], "diffspace converge's plot", "pass --no-plot"))
-    if command == "demo" and get("data") == "digits":
-        needs.append((["sklearn"], "diffspace demo --data digits", ""))
+        needs.append((["matplotlib"], "the plot", "pass --no-plot"))
     return needs
 
 

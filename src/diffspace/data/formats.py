@@ -48,6 +48,25 @@ def image_error(e: BaseException) -> str:
 # Atomic output.
 
 
+def remove_dead_temporaries(dest: Path) -> None:
+    """Remove `.DEST.PID.XXXX.tmp` files next to `dest` whose writer process is gone (killed by SIGKILL, which no
+    process can clean up after): the temporary files of live writers are kept."""
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(\d+)\.[0-9a-f]+\.tmp$")
+    for p in dest.parent.glob(f".{dest.name}.*.tmp"):
+        m = pattern.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        except OSError:
+            pass
+
+
 @contextlib.contextmanager
 def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temp path next to `dest`; on success move it over `dest` (os.replace), else delete it."""
@@ -67,6 +86,7 @@ def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
     tmp = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(dest)
         tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         open(tmp, "xb").close()  # plain open: the final file gets the usual umask permissions
     except OSError as e:
