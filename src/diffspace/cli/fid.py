@@ -61,12 +61,12 @@ def _check_arguments(args: argparse.Namespace) -> None:
 
 def _write_json(path: str, payload: dict) -> None:
     import json
-    from pathlib import Path
 
     from diffspace.io.checkpoint import atomic_write_text
+    from diffspace.io.files import parent_folders
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    with parent_folders(path) as p:
+        atomic_write_text(p, json.dumps(payload, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,13 +15,15 @@ missing folders and writes the file atomically (`diffspace.io.atomic_write`).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 from diffspace.errors import ConfigError
 
-__all__ = ["check_output_file", "writable_parent"]
+__all__ = ["check_output_file", "parent_folders", "writable_parent"]
 
 
 def writable_parent(folder: str | os.PathLike, what: str) -> Path:
@@ -57,3 +59,19 @@ def check_output_file(path: str | os.PathLike, *, force: bool = False, option: s
             raise ConfigError(f"{option} {p} already exists: pass --force to replace it, or choose another name")
     writable_parent(p.parent, f"{option} {p}")
     return p
+
+
+@contextlib.contextmanager
+def parent_folders(path: str | os.PathLike) -> Iterator[Path]:
+    """Create the missing folders above the file `path` for the block, and remove them again (if still empty) when
+    the block fails, so a failed write leaves no empty folders behind."""
+    p = Path(path)
+    created = [q for q in [p.parent, *p.parent.parents] if not q.exists()]  # deepest first
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        yield p
+    except BaseException:
+        for q in created:
+            with contextlib.suppress(OSError):
+                q.rmdir()
+        raise
