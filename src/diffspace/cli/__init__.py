@@ -81,6 +81,20 @@ def main(argv: list[str] | None = None) -> int:
     import signal
     import threading
 
+    # SIGTERM is handled like Ctrl-C from the first moment: clean-up code runs, no partial output stays.
+    handling = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handling else None
+    try:
+        return _main(argv)
+    except Terminated:
+        print("diffspace: terminated (SIGTERM) before starting", file=sys.stderr)
+        return 143
+    finally:
+        if handling:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     from diffspace.errors import DiffspaceError
 
     parser = build_parser()
@@ -91,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     name = args.command + (f" {args.action}" if isinstance(getattr(args, "action", None), str) else "")
-    handling = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handling else None
     try:
         from diffspace.deps import check_command
 
@@ -113,9 +125,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"diffspace {name}: error: {message}", file=sys.stderr)
         return 2
-    finally:
-        if handling:
-            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":
