@@ -258,3 +258,18 @@ def test_matrix_covers_every_command_and_class():
         have = {i.split("-", 1)[0] for i in ids if i.split("-", 1)[1].startswith(cls)}
         assert {"dataset", "generate", "ref"} <= have, (cls, have)
     assert Path(__file__).with_name("test_kills.py").is_file()  # kills and concurrent writers
+
+
+@pytest.mark.parametrize("command,required", [
+    ("generate", []), ("dataset", ["--source", "x", "--dest", "y.zip"]), ("fid ref", ["--data", "x", "--dest", "y"]),
+    ("fid calc", ["--images", "x", "--ref", "y"]), ("features train", ["--data", "x", "--out", "y"]),
+    ("converge", []), ("demo", []), ("train", []),
+])
+def test_unknown_flag_prints_the_subcommand_usage(tmp_path, capsys, command, required):
+    before = tree(tmp_path)
+    code, err = run_main(capsys, [*command.split(), *required, "--bogus-flag", "1"])
+    lines = err.strip().splitlines()
+    assert code == 2
+    assert lines[0].startswith(f"usage: diffspace {command} "), err
+    assert lines[-1] == f"diffspace {command}: error: unrecognized arguments: --bogus-flag 1", err
+    assert tree(tmp_path) == before

@@ -3,11 +3,16 @@
     diffspace generate --network runs/fmnist --outdir out --seeds 0-63 --batch 64
     diffspace generate --network net.safetensors --seeds 0-999 --sampler dpmpp_2m --steps 10 --npz samples.npz
     diffspace generate --network net.safetensors --outdir out --sampler edm --S_churn 40 --S_min 0.05 --S_max 50
+    diffspace generate --network net.safetensors --outdir out --solver euler --disc vp --schedule vp --scaling vp
     torchrun --standalone --nproc_per_node=2 -m diffspace generate --network net.safetensors --outdir out
+
+As in EDM's generate.py, any of --solver, --disc, --schedule, --scaling selects EDM's Table-1 sampler
+(`samplers.ablation`) with those choices. An existing --npz or --grid file is replaced only with --force.
 
 A seed gives the same image whatever --batch, the number of processes and the number of threads (the network
 runs on fixed micro-batches of --micro-batch samples). Files appear only once everything is generated: they are
-written into a temporary folder and moved into place at the end; nothing is left behind on an error.
+written into a hidden temporary folder and moved into place at the end; nothing is left behind on an error, Ctrl-C
+or SIGTERM, and the next run removes the temporary folder of a run killed by SIGKILL.
 """
 
 from __future__ import annotations
