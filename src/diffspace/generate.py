@@ -396,35 +396,75 @@ def check_sampler(net, sampler: str, options: dict | None = None, *, steps: int 
                         final_zero=not positive_end)
 
 
-def load(path, *, which: str = "ema", device: str | torch.device = "cpu"):
+def load(path, *, which: str = "ema", device: str | torch.device = "cpu", on_skip: Callable[[str], None] | None = None):
     """(network, info) of a checkpoint file or run folder; `info` is what training recorded (data shape, kimg).
-    EDM snapshots (.pkl) and diffusers folders are accepted too (diffspace.external.load_foreign)."""
+
+    A run folder gives its newest readable network snapshot (with `which='net'`: its newest training state, the
+    only files that hold the raw weights). EDM snapshots (.pkl) and diffusers folders are accepted too
+    (diffspace.external.load_foreign). When newer files are unreadable, `on_skip(message)` is told which file
+    was skipped for which (default: a Python warning), so an older snapshot is never used silently.
+    """
     import json
+    import warnings
     from pathlib import Path
 
     from diffspace.errors import CheckpointError
     from diffspace.external.load import load_foreign
     from diffspace.io import checkpoint as ckpt
 
+    if which not in ("ema", "net"):
+        raise ConfigError(f"--which {which!r}: choose ema or net")
     foreign = load_foreign(path, which=which, device=device)
     if foreign is not None:
         return foreign
     path = Path(path)
     files = [path]
     if path.is_dir():
-        files = ckpt.list_checkpoints(path, "network-snapshot") + ckpt.list_checkpoints(path, "training-state")
+        snapshots = ckpt.list_checkpoints(path, "network-snapshot") if which == "ema" else []
+        files = snapshots + ckpt.list_checkpoints(path, "training-state")
         if not files:
-            raise CheckpointError(f"run folder {path} holds no network-snapshot-*.safetensors or "
-                                  "training-state-*.safetensors: pass a checkpoint file")
-    errors = []
+            raise CheckpointError(f"run folder {path} holds no " + (
+                "network-snapshot-*.safetensors or " if which == "ema" else "") + "training-state-*.safetensors"
+                                  ": pass a checkpoint file")
+    errors: list[tuple[Path, str]] = []
     for f in files:
         try:
+            _check_which(f, which)
             net = ckpt.load_network(f, which=which, device=device)
         except CheckpointError as e:
-            errors.append(str(e))
+            if len(files) == 1:
+                raise
+            errors.append((f, str(e)))
             continue
+        if errors:
+            bad = ", ".join(p.name for p, _ in errors)
+            message = (f"{errors[0][0]} is unreadable ({errors[0][1]}); using the older {f.name} instead"
+                       if len(errors) == 1 else f"{bad} are unreadable (first: {errors[0][1]}); using the older "
+                                                f"{f.name} instead")
+            if on_skip is not None:
+                on_skip(message)
+            else:
+                warnings.warn(message, stacklevel=2)
         return net, _checkpoint_info(f, json)
-    raise CheckpointError(errors[0] if len(files) == 1 else f"no valid checkpoint in {path}: {errors[0]}")
+    raise CheckpointError(f"no valid checkpoint in {path}: {errors[0][1]}")
+
+
+def _check_which(path, which: str) -> None:
+    """`which='net'` needs a training state: a network snapshot holds only the EMA weights."""
+    if which != "net":
+        return
+    from diffspace.errors import CheckpointError
+
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            fmt = (f.metadata() or {}).get("format")
+    except Exception:  # unreadable: load_network names the problem
+        return
+    if fmt == "diffspace.network/1":
+        raise CheckpointError(f"--which net: {path} is a network snapshot, which holds only the EMA weights; pass a "
+                              "training-state-*.safetensors file (or drop --which net)")
 
 
 def _checkpoint_info(path, json) -> dict:

@@ -85,7 +85,7 @@ def test_unwritable_destination(tmp_path, capsys):
     np.savez(tmp_path / "a.npz", images=np.zeros((3, 4, 4, 1), np.uint8))
     (tmp_path / "file").write_text("x")
     code, _, err = run(capsys, "--source", tmp_path / "a.npz", "--dest", tmp_path / "file" / "out.zip")
-    assert code == 2 and "cannot write to folder" in err and err.count("\n") == 1
+    assert code == 2 and "is a file, not a folder" in err and err.count("\n") == 1
     (tmp_path / "dir.zip").mkdir()
     code, _, err = run(capsys, "--source", tmp_path / "a.npz", "--dest", tmp_path / "dir.zip")
     assert code == 2 and "is a folder" in err
@@ -127,3 +127,16 @@ def test_argument_errors(tmp_path, capsys):
     code, _, err = run(capsys, "--source", "digits", "--dest", tmp_path / "d.zip", "--max-images", 0)
     assert code == 2 and "--max-images must be positive" in err
     assert only(tmp_path) == []
+
+
+def test_text_file_named_png_is_named_without_buffer_repr(tmp_path, capsys):
+    src = tmp_path / "src"
+    save(src / "0.png", np.zeros((8, 8), np.uint8))
+    (src / "1.png").write_text("just text\n")
+    code, _, err = run(capsys, "--source", src, "--dest", tmp_path / "out.zip")
+    assert code == 2 and "1.png is not a readable image" in err and err.count("\n") == 1
+    assert "BytesIO" not in err and "0x" not in err
+    code = main(["fid", "ref", "--data", str(src), "--dest", str(tmp_path / "r.npz")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "BytesIO" not in err
+    assert only(tmp_path) == ["src"]

@@ -64,6 +64,8 @@ def test_ref_and_calc(tmp_path, net_path, capsys):
     assert data["num_images"] == 60 and data["FID"] < 1e-6
     # Different images: FID and KID well above the round-off of the identical case, and reproducible.
     argv[3] = str(tmp_path / "other.npz")
+    assert main(argv) == 2 and "m.json already exists: pass --force" in capsys.readouterr().err
+    argv.append("--force")
     assert main(argv) == 0
     first = capsys.readouterr().out
     other = json.loads(out_json.read_text())
@@ -116,7 +118,8 @@ def test_cli_errors_leave_nothing(tmp_path, net_path, capsys, monkeypatch):
 
     # float images in an npz, a missing reference
     np.savez(tmp_path / "float.npz", images=np.zeros((4, 8, 8, 1), np.float32))
-    code = main(["fid", "calc", "--images", str(tmp_path / "float.npz"), "--ref", str(ref)])
+    code = main(["fid", "calc", "--images", str(tmp_path / "float.npz"), "--ref", str(ref), "--features",
+                 str(net_path)])
     _assert_one_line_error(capsys, code, "uint8")
     code = main(["fid", "calc", "--images", str(folder), "--ref", str(tmp_path / "nope.npz")])
     _assert_one_line_error(capsys, code, "nope.npz", "fid ref")

@@ -46,22 +46,87 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (e.g. from a scheduler or torchrun), handled like Ctrl-C: clean-up code runs, nothing partial stays."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def _leaf_parser(parser: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The innermost sub-command parser the command line selected (`diffspace fid ref …` -> the `ref` parser)."""
+    while True:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = getattr(args, subs[0].dest, None) if subs else None
+        if not subs or chosen not in subs[0].choices:
+            return parser
+        parser = subs[0].choices[chosen]
+
+
+# Errors of the operating system that are the user's environment, not a bug: one line, no traceback.
+_ENVIRONMENT_ERRNOS = {"ENOSPC": "free some space", "EDQUOT": "free some space", "EROFS": "choose a writable folder",
+                       "EACCES": "check the permissions", "EPERM": "check the permissions", "EIO": "check the disk"}
+
+
+def _environment_error(e: OSError) -> str | None:
+    import errno
+
+    name = errno.errorcode.get(e.errno or -1)
+    if name not in _ENVIRONMENT_ERRNOS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot read or write{where} ({e.strerror or name}): {_ENVIRONMENT_ERRNOS[name]}"
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
+    import threading
+
+    # SIGTERM is handled like Ctrl-C from the first moment: clean-up code runs, no partial output stays.
+    handling = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _on_sigterm) if handling else None
+    try:
+        return _main(argv)
+    except Terminated:
+        print("diffspace: terminated (SIGTERM) before starting", file=sys.stderr)
+        return 143
+    finally:
+        if handling:
+            signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+def _main(argv: list[str] | None) -> int:
     from diffspace.errors import DiffspaceError
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # the usage of the sub-command that was given, not the top-level one
+        _leaf_parser(parser, args).error(f"unrecognized arguments: {' '.join(unknown)}")
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
+    name = args.command + (f" {args.action}" if isinstance(getattr(args, "action", None), str) else "")
     try:
+        from diffspace.deps import check_command
+
+        check_command(args.command, args)  # every package the command needs, before any work
         return int(args._run(args) or 0)
     except DiffspaceError as e:
-        print(f"diffspace {args.command}: error: {e}", file=sys.stderr)
+        print(f"diffspace {name}: error: {e}", file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"diffspace {name}: terminated (SIGTERM); partial outputs removed", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
-        print(f"diffspace {args.command}: interrupted", file=sys.stderr)
+        print(f"diffspace {name}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:
+        message = _environment_error(e)
+        if message is None:
+            raise
+        print(f"diffspace {name}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

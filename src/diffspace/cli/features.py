@@ -24,6 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int, default=32, help="channels of the first conv layers (default 32)")
     p.add_argument("--feature-dim", type=int, default=128, help="feature dimension (default 128)")
     p.add_argument("--device", default=None, help="cpu, cuda, mps (default: a GPU when present)")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists (default: refuse)")
 
 
 def _load(spec: str):
@@ -55,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.epochs < 1 or args.batch < 1 or args.lr <= 0 or args.width < 1 or args.feature_dim < 1:
         raise ConfigError("--epochs, --batch, --width, --feature-dim must be >= 1 and --lr > 0")
+    from diffspace.io.files import check_output_file
+
+    check_output_file(args.out, force=args.force, option="--out")
     device = select_device(args.device)
     images, labels, num_classes = _load(args.data)
     test_spec = args.test or (f"{args.data}:test" if ":" not in args.data else None)

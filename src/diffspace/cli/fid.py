@@ -20,6 +20,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache", default=None, metavar="PATH",
                    help="file of partial features to resume an interrupted run (default for ref: DEST.partial.npz)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--force", action="store_true", help="replace an existing output file (default: refuse)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -40,14 +41,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     _common(calc)
 
 
+def _check_arguments(args: argparse.Namespace) -> None:
+    """Numbers and output files, before any data is read (an unwritable or existing --dest is found at once,
+    not after computing every feature)."""
+    from diffspace.errors import ConfigError
+    from diffspace.io.files import check_output_file
+
+    if args.batch < 1:
+        raise ConfigError(f"--batch must be >= 1; got {args.batch}")
+    if args.num is not None and args.num < 2:
+        raise ConfigError(f"--num must be at least 2; got {args.num}")
+    if args.action == "calc" and (args.kid_subsets < 1 or args.kid_subset_size < 2 or args.k < 1):
+        raise ConfigError("--kid-subsets must be >= 1, --kid-subset-size >= 2 and --k >= 1")
+    if args.action == "ref":
+        check_output_file(args.dest, force=args.force, option="--dest")
+    elif args.json:
+        check_output_file(args.json, force=args.force, option="--json")
+
+
 def _write_json(path: str, payload: dict) -> None:
     import json
-    from pathlib import Path
 
     from diffspace.io.checkpoint import atomic_write_text
+    from diffspace.io.files import parent_folders
 
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(payload, indent=2) + "\n")
+    with parent_folders(path) as p:
+        atomic_write_text(p, json.dumps(payload, indent=2) + "\n")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -57,15 +76,15 @@ def run(args: argparse.Namespace) -> int:
     from diffspace.metrics import features as F
     from diffspace.metrics import images, reference
 
-    if args.batch < 1:
-        raise ConfigError(f"--batch must be >= 1; got {args.batch}")
-    if args.action == "calc" and (args.kid_subsets < 1 or args.kid_subset_size < 2 or args.k < 1):
-        raise ConfigError("--kid-subsets must be >= 1, --kid-subset-size >= 2 and --k >= 1")
+    _check_arguments(args)
     t0 = time.time()
-    source = images.open_images(args.data if args.action == "ref" else args.images)
-    indices = images.select(len(source), args.num, args.seed, name=source.name)
+    # Cheap checks first: the reference file and the feature network, then every image.
     ref = reference.load_reference(args.ref) if args.action == "calc" else None
     extractor = F.load_features(args.features, detector=args.detector, device=args.device)
+    if ref is not None:
+        reference.check_compatible(ref, extractor)
+    source = images.open_images(args.data if args.action == "ref" else args.images)
+    indices = images.select(len(source), args.num, args.seed, name=source.name)
     if ref is not None:
         reference.check_compatible(ref, extractor)
         if ref.features is not None and min(len(ref.features), len(indices)) <= args.k:

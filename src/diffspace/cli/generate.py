@@ -3,17 +3,24 @@
     diffspace generate --network runs/fmnist --outdir out --seeds 0-63 --batch 64
     diffspace generate --network net.safetensors --seeds 0-999 --sampler dpmpp_2m --steps 10 --npz samples.npz
     diffspace generate --network net.safetensors --outdir out --sampler edm --S_churn 40 --S_min 0.05 --S_max 50
+    diffspace generate --network net.safetensors --outdir out --solver euler --disc vp --schedule vp --scaling vp
     torchrun --standalone --nproc_per_node=2 -m diffspace generate --network net.safetensors --outdir out
+
+As in EDM's generate.py, any of --solver, --disc, --schedule, --scaling selects EDM's Table-1 sampler
+(`samplers.ablation`) with those choices. An existing --npz or --grid file is replaced only with --force.
 
 A seed gives the same image whatever --batch, the number of processes and the number of threads (the network
 runs on fixed micro-batches of --micro-batch samples). Files appear only once everything is generated: they are
-written into a temporary folder and moved into place at the end; nothing is left behind on an error.
+written into a hidden temporary folder and moved into place at the end; nothing is left behind on an error, Ctrl-C
+or SIGTERM, and the next run removes the temporary folder of a run killed by SIGKILL.
 """
 
 from __future__ import annotations
 
 import argparse
 
+SOLVERS, DISCS, SCHEDULES, SCALINGS = ("euler", "heun"), ("vp", "ve", "iddpm", "edm"), ("vp", "ve", "linear"), \
+    ("vp", "none")
 _S_FLAGS = (("S_churn", "stochasticity strength (edm sampler; default 0 = deterministic)"),
             ("S_min", "lowest sigma with churn (edm: S_tmin; default 0)"),
             ("S_max", "highest sigma with churn (edm: S_tmax; default inf)"),
@@ -36,10 +43,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="weaker network of the same shape and labels guiding the main one (autoguidance)")
 
     g = p.add_argument_group("sampler")
-    g.add_argument("--sampler", default="edm", help="sampler name (default edm = Heun, Algorithm 2); "
-                                                    "`--sampler list` prints them all")
+    g.add_argument("--sampler", default=None, help="sampler name (default edm = Heun, Algorithm 2); "
+                                                   "`--sampler list` prints them all")
     g.add_argument("--steps", type=int, default=18, help="number of noise levels (default 18: NFE 35 with Heun)")
-    g.add_argument("--grid-type", "--disc", dest="grid_type", default="edm",
+    g.add_argument("--grid-type", dest="grid_type", default=None,
                    help="noise levels: edm | vp | ve | iddpm | exponential | li (default edm)")
     g.add_argument("--sigma_min", "--sigma-min", dest="sigma_min", type=float, default=None,
                    help="lowest noise level (default 0.002 for edm; clamped to the network's)")
@@ -51,12 +58,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, repeatable (e.g. --opt afs=true, --opt solver=euler)")
 
+    g = p.add_argument_group("EDM's Table-1 sampler (any of these selects it, as in EDM's generate.py)")
+    g.add_argument("--solver", choices=SOLVERS, default=None, help="ODE solver: euler | heun (default heun)")
+    g.add_argument("--disc", choices=DISCS, default=None,
+                   help="time steps: vp | ve | iddpm | edm (default edm); with --sampler NAME: its grid type")
+    g.add_argument("--schedule", choices=SCHEDULES, default=None, help="noise schedule sigma(t): vp | ve | linear "
+                                                                       "(default linear)")
+    g.add_argument("--scaling", choices=SCALINGS, default=None, help="signal scaling s(t): vp | none (default none)")
+
     g = p.add_argument_group("output")
     g.add_argument("--outdir", default=None, metavar="DIR", help="folder for one PNG per seed ({seed:06d}.png)")
     g.add_argument("--subdirs", action="store_true", help="PNGs in sub-folders of 1000 seeds (000000/, 001000/, …)")
     g.add_argument("--grid", default=None, metavar="FILE.png", help="also write all images tiled into one PNG")
     g.add_argument("--npz", default=None, metavar="FILE", help="also write uint8 `images` [N,H,W,C], `seeds` "
                                                                 "(and `labels`) into one .npz")
+    g.add_argument("--force", action="store_true", help="replace an existing --npz/--grid file (default: refuse; "
+                                                        "PNGs of the same seeds in --outdir are always replaced)")
 
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
@@ -67,17 +84,57 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def sampler_options(args: argparse.Namespace) -> dict:
-    """--opt pairs plus the EDM S_* flags under the sampler's own names."""
+def resolve_sampler(args: argparse.Namespace) -> tuple[str, str]:
+    """(sampler, grid type) of the command line. As in EDM's generate.py, --solver/--disc/--schedule/--scaling
+    select the Table-1 sampler ('ablation'); with an explicit --sampler NAME, --disc only names its grid."""
+    from diffspace.errors import ConfigError
+
+    table1 = [f"--{k} {getattr(args, k)}" for k in ("solver", "schedule", "scaling") if getattr(args, k) is not None]
+    if args.grid_type is not None and args.disc is not None and args.grid_type != args.disc:
+        raise ConfigError(f"--grid-type {args.grid_type} and --disc {args.disc} disagree: give one of them")
+    grid = args.disc or args.grid_type or "edm"
+    sampler = args.sampler
+    if table1 and sampler not in (None, "ablation"):
+        raise ConfigError(f"{' '.join(table1)} select EDM's Table-1 sampler, not --sampler {sampler}: drop "
+                          f"--sampler (or pass --sampler ablation)")
+    if sampler is None:
+        sampler = "ablation" if table1 or args.disc is not None else "edm"
+    return sampler, grid
+
+
+def sampler_options(args: argparse.Namespace, sampler: str | None = None) -> dict:
+    """--opt pairs, the EDM S_* flags under the sampler's own names and the Table-1 flags (solver, schedule,
+    scaling) for the 'ablation' sampler."""
     from diffspace.generate import parse_options
 
+    sampler = sampler or args.sampler or "edm"
     options = parse_options(args.opt)
-    rename = {"S_min": "S_tmin", "S_max": "S_tmax"} if args.sampler != "ablation" else {}
+    rename = {"S_min": "S_tmin", "S_max": "S_tmax"} if sampler != "ablation" else {}
     for name, _ in _S_FLAGS:
         value = getattr(args, name)
         if value is not None:
             options[rename.get(name, name)] = value
+    if sampler == "ablation":
+        for name in ("solver", "schedule", "scaling"):
+            if getattr(args, name, None) is not None:
+                options[name] = getattr(args, name)
     return options
+
+
+def unique_seeds(text: str) -> list[int]:
+    """--seeds as a list in the given order, each seed once (a repeated seed would give the same image twice and
+    one PNG); says so on stderr when the list repeats seeds."""
+    import sys
+
+    from diffspace.samplers import parse_seeds
+
+    seeds = parse_seeds(text)
+    unique = list(dict.fromkeys(seeds))
+    if len(unique) < len(seeds):
+        again = sorted({s for s in seeds if seeds.count(s) > 1})
+        print(f"note: --seeds {text} repeats seed(s) {', '.join(map(str, again[:5]))}"
+              f"{', …' if len(again) > 5 else ''}: generating {len(unique)} images, one per seed", file=sys.stderr)
+    return unique
 
 
 def _pick_device(name: str):
@@ -108,40 +165,68 @@ def _list_samplers() -> int:
     return 0
 
 
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Output paths, before anything is read or created: something to write, --npz/--grid not existing files
+    (unless --force), every destination folder writable."""
+    from diffspace.errors import ConfigError
+    from diffspace.io.files import check_output_file, writable_parent
+
+    if not (args.outdir or args.npz or args.grid):
+        raise ConfigError("nothing to write: pass --outdir DIR (PNGs), --npz FILE or --grid FILE.png")
+    for option, path in (("--npz", args.npz), ("--grid", args.grid)):
+        if path is not None:
+            check_output_file(path, force=args.force, option=option)
+    if args.outdir is not None:
+        from pathlib import Path
+
+        if Path(args.outdir).exists() and not Path(args.outdir).is_dir():
+            raise ConfigError(f"--outdir {args.outdir} is a file, not a folder: choose another --outdir")
+        writable_parent(args.outdir, f"--outdir {args.outdir}")
+
+
+def _check_arguments(args: argparse.Namespace):
+    """Everything the command line alone decides, checked before any file is read or created:
+    (seeds, sampler, grid type, sampler options)."""
+    from diffspace.errors import ConfigError
+
+    if not args.network:
+        raise ConfigError("--network is missing: pass a checkpoint file or run folder")
+    seeds = unique_seeds(args.seeds)
+    sampler, grid = resolve_sampler(args)
+    options = sampler_options(args, sampler)
+    if args.batch < 1:
+        raise ConfigError(f"--batch {args.batch} must be >= 1")
+    if args.micro_batch is not None and args.micro_batch < 1:
+        raise ConfigError(f"--micro-batch {args.micro_batch} must be >= 1")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError(f"--threads {args.threads} must be >= 1")
+    _check_outputs(args)
+    return seeds, sampler, grid, options
+
+
+def _warn(message: str) -> None:
+    import sys
+
+    print(f"diffspace generate: warning: {message}", file=sys.stderr)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.sampler == "list":
         return _list_samplers()
-    import signal
-    import sys
     import time
 
     import torch
 
     from diffspace import generate as G
     from diffspace.errors import ConfigError
-    from diffspace.samplers import parse_seeds
     from diffspace.train import distributed as dist
 
-    # Everything that can be checked is checked before any file is touched.
-    if not args.network:
-        raise ConfigError("--network is missing: pass a checkpoint file or run folder")
-    seeds = parse_seeds(args.seeds)
-    options = sampler_options(args)
-    if not (args.outdir or args.npz or args.grid):
-        raise ConfigError("nothing to write: pass --outdir DIR (PNGs), --npz FILE or --grid FILE.png")
-    if args.batch < 1:
-        raise ConfigError(f"--batch {args.batch} must be >= 1")
-    if args.micro_batch is not None and args.micro_batch < 1:
-        raise ConfigError(f"--micro-batch {args.micro_batch} must be >= 1")
+    seeds, sampler, grid, options = _check_arguments(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ConfigError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     device = dist.init(_pick_device(args.device))
     rank, world = dist.rank(), dist.world_size()
-    if world > 1:  # torchrun stops the other ranks with SIGTERM when one fails: clean up on the way out
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    net, info = G.load(args.network, which=args.which, device=device)
+    net, info = G.load(args.network, which=args.which, device=device, on_skip=_warn if rank == 0 else None)
     from diffspace.external.load import guided
 
     net = guided(net, args.guidance, args.guidance_net, device=device)
@@ -149,7 +234,7 @@ def run(args: argparse.Namespace) -> int:
     if len(shape) != 3:
         raise ConfigError(f"{args.network} generates vectors of shape {list(shape)}, not images")
     G.check_class(net, args.class_idx)
-    G.check_sampler(net, args.sampler, options, steps=args.steps, grid=args.grid_type, sigma_min=args.sigma_min,
+    G.check_sampler(net, sampler, options, steps=args.steps, grid=grid, sigma_min=args.sigma_min,
                     sigma_max=args.sigma_max, rho=args.rho)
 
     out = Outputs(args.outdir, args.npz, args.grid, args.subdirs)
@@ -159,8 +244,8 @@ def run(args: argparse.Namespace) -> int:
         mine = G.shard(seeds, rank, world)
         result = None
         if mine:
-            result = G.generate(net, mine, sampler=args.sampler, options=options, steps=args.steps,
-                                grid=args.grid_type, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
+            result = G.generate(net, mine, sampler=sampler, options=options, steps=args.steps,
+                                grid=grid, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                                 rho=args.rho, batch=args.batch, class_idx=args.class_idx, shape=shape, device=device,
                                 micro_batch=args.micro_batch, progress=rank == 0 and not args.no_progress,
                                 on_batch=out.write_pngs)
@@ -172,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
             secs = time.time() - t0
             if args.guidance is not None:
                 nfe = f"{nfe} ({nfe * net.nfe_factor} network evaluations with guidance)"
-            dist.print0(f"{len(seeds)} images, sampler {args.sampler}, {args.steps} steps, NFE {nfe} per image, "
+            dist.print0(f"{len(seeds)} images, sampler {sampler}, {args.steps} steps, NFE {nfe} per image, "
                         f"{world} process(es), {secs:.1f} s; wrote {', '.join(written)}")
         dist.barrier()
     except BaseException:
@@ -188,6 +273,52 @@ def to_pil(img):
     import PIL.Image
 
     return PIL.Image.fromarray(img[:, :, 0], "L") if img.shape[2] == 1 else PIL.Image.fromarray(img, "RGB")
+
+
+STAGE_PREFIX = ".generate-"
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    except OSError:
+        return True
+    return True
+
+
+def remove_stale_stages(folder, min_age: float = 60.0) -> list:
+    """Remove the temporary `.generate-*` folders that dead runs left in `folder` (a run killed by SIGKILL cannot
+    clean up): those whose owner process, on this host, no longer exists, and those without an owner file older
+    than `min_age` seconds (left by older versions). Folders of live runs and of other hosts are kept; image
+    readers skip them anyway (hidden entries). Returns the removed folders."""
+    import json
+    import shutil
+    import socket
+    import time
+    from pathlib import Path
+
+    removed = []
+    for stage in sorted(Path(folder).glob(f"{STAGE_PREFIX}*")):
+        if not stage.is_dir():
+            continue
+        try:
+            owner = json.loads((stage / "owner.json").read_text())
+            dead = owner.get("host") == socket.gethostname() and not _alive(int(owner["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            try:
+                dead = time.time() - stage.stat().st_mtime > min_age
+            except OSError:
+                continue
+        if dead:
+            shutil.rmtree(stage, ignore_errors=True)
+            removed.append(stage)
+    return removed
 
 
 class Outputs:
@@ -211,17 +342,19 @@ class Outputs:
         while not p.exists():
             missing.append(p)
             p = p.parent
-        ensure_writable_dir(folder)
         self.created += missing
+        ensure_writable_dir(folder)
 
     def open(self, rank: int) -> None:
+        import json
+        import os
+        import socket
         import tempfile
         from pathlib import Path
 
         from diffspace.errors import ConfigError
         from diffspace.train import distributed as dist
 
-        stage_in = None
         if rank == 0:
             for f in (self.npz, self.grid):
                 if f is not None and f.is_dir():
@@ -230,8 +363,30 @@ class Outputs:
                 if folder is not None:
                     self._mkdir(folder)
             stage_in = self.outdir or (self.npz or self.grid).parent
-            self.stage = Path(tempfile.mkdtemp(prefix=".generate-", dir=stage_in))
+            removed = remove_stale_stages(stage_in)
+            if removed:
+                _warn(f"removed {len(removed)} temporary folder(s) of killed runs ({removed[0].name}, …) in {stage_in}")
+            with self._writing(stage_in):
+                self.stage = Path(tempfile.mkdtemp(prefix=STAGE_PREFIX, dir=stage_in))
+                (self.stage / "owner.json").write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
         self.stage = Path(dist.broadcast_object(str(self.stage) if self.stage else None))
+
+    @staticmethod
+    def _writing(where):
+        """OSError while writing (disk full, permissions) -> one-line CheckpointError naming the folder."""
+        import contextlib
+
+        from diffspace.errors import CheckpointError
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except OSError as e:
+                raise CheckpointError(f"cannot write the images to {where} ({e.strerror or e}): free some space or "
+                                      "choose another destination; nothing was written") from None
+
+        return guard()
 
     def _png_path(self, root, seed: int):
         return (root / f"{seed - seed % 1000:06d}" if self.subdirs else root) / f"{seed:06d}.png"
@@ -239,10 +394,11 @@ class Outputs:
     def write_pngs(self, part) -> None:
         if self.outdir is None:
             return
-        for seed, img in zip(part.seeds, part.images):
-            path = self._png_path(self.stage, seed)
-            path.parent.mkdir(exist_ok=True)
-            to_pil(img).save(path)
+        with self._writing(self.outdir):
+            for seed, img in zip(part.seeds, part.images):
+                path = self._png_path(self.stage, seed)
+                path.parent.mkdir(exist_ok=True)
+                to_pil(img).save(path)
 
     def write_part(self, rank: int, result) -> None:
         if self.npz is None and self.grid is None:
@@ -252,7 +408,8 @@ class Outputs:
         arrays = {"images": result.images, "seeds": np.asarray(result.seeds, dtype=np.int64)}
         if result.labels is not None:
             arrays["labels"] = result.labels.astype(np.int64)
-        np.savez(self.stage / f"part-{rank:04d}.npz", **arrays)
+        with self._writing(self.stage.parent):
+            np.savez(self.stage / f"part-{rank:04d}.npz", **arrays)
 
     def finish(self, world: int) -> list[str]:
         """Rank 0: assemble npz/grid, move the PNGs into place, remove the temporary folder."""
@@ -292,11 +449,12 @@ class Outputs:
                 written.append(str(self.grid))
         if self.outdir is not None:
             count = 0
-            for src in sorted(self.stage.rglob("*.png")):
-                dst = self.outdir / src.relative_to(self.stage)
-                dst.parent.mkdir(exist_ok=True)
-                os.replace(src, dst)
-                count += 1
+            with self._writing(self.outdir):
+                for src in sorted(self.stage.rglob("*.png")):
+                    dst = self.outdir / src.relative_to(self.stage)
+                    dst.parent.mkdir(exist_ok=True)
+                    os.replace(src, dst)
+                    count += 1
             written.insert(0, f"{count} PNGs to {self.outdir}")
         shutil.rmtree(self.stage, ignore_errors=True)
         self.stage = None

@@ -133,6 +133,9 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from diffspace.deps import check_command
+
+    check_command("train", args)  # every package a run needs, before any work (a save must not fail at the end)
     from diffspace.errors import ConfigError
     from diffspace.train import distributed as dist
     from diffspace.train.config import IDENTITY_FIELDS, TrainConfig

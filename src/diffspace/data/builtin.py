@@ -95,7 +95,8 @@ def load_digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits as sk_digits
     except ImportError:
-        raise DataError("the `digits` dataset needs scikit-learn: pip install scikit-learn") from None
+        raise DataError("the `digits` dataset needs scikit-learn, which is not installed: "
+                        "pip install 'diffspace[eval]'") from None
     d = sk_digits()
     images = np.rint(d.images * (255 / 16)).astype(np.uint8)[:, None]
     return images, d.target.astype(np.int64)

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from diffspace.data.formats import image_error, is_hidden
 from diffspace.errors import DataError
 
 TRANSFORMS = ("none", "pad", "resize", "center-crop")
@@ -311,7 +312,7 @@ class ImageFileDataset(ImageDataset):
         else:
             names = [p.relative_to(self._path).as_posix() for p in self._path.rglob("*") if p.is_file()]
         exts = image_extensions()
-        self._fnames = sorted(f for f in names if os.path.splitext(f)[1].lower() in exts)
+        self._fnames = sorted(f for f in names if os.path.splitext(f)[1].lower() in exts and not is_hidden(f))
         if not self._fnames:
             raise DataError(f"{self._what}: no image files found: create the dataset with `diffspace dataset`")
         first = self._decode(self._fnames[0], None)
@@ -355,8 +356,8 @@ class ImageFileDataset(ImageDataset):
         except DataError:
             raise
         except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"{self._what}: {fname} is not a readable image ({e}): re-create the dataset "
-                            "with `diffspace dataset`") from None
+            raise DataError(f"{self._what}: {fname} is not a readable image ({image_error(e)}): re-create the "
+                            "dataset with `diffspace dataset`, or remove the file") from None
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         if expect is not None and arr.shape != expect:
             c0, h0, w0 = expect

@@ -25,7 +25,46 @@ import numpy as np
 from diffspace.errors import DataError
 
 # ----------------------------------------------------------------------------------------------------------
+# Hidden entries.
+
+
+def is_hidden(relpath: str) -> bool:
+    """True when a component of the relative path starts with '.' (`.generate-*` staging folders of a killed
+    `diffspace generate`, `.DS_Store`, editor files, temporary `.NAME.tmp` files). Image readers skip them."""
+    return any(part.startswith(".") for part in relpath.replace("\\", "/").split("/") if part not in ("", "."))
+
+
+def image_error(e: BaseException) -> str:
+    """What went wrong decoding an image, without the in-memory buffer's repr PIL puts in its messages."""
+    import re
+
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    if type(e).__name__ == "UnidentifiedImageError":
+        return "its content is not an image format PIL can read"
+    return re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-f]+>", "", text)
+
+
+# ----------------------------------------------------------------------------------------------------------
 # Atomic output.
+
+
+def remove_dead_temporaries(dest: Path) -> None:
+    """Remove `.DEST.PID.XXXX.tmp` files next to `dest` whose writer process is gone (killed by SIGKILL, which no
+    process can clean up after): the temporary files of live writers are kept."""
+    import re
+
+    pattern = re.compile(rf"^\.{re.escape(dest.name)}\.(\d+)\.[0-9a-f]+\.tmp$")
+    for p in dest.parent.glob(f".{dest.name}.*.tmp"):
+        m = pattern.match(p.name)
+        if m is None or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        except OSError:
+            pass
 
 
 @contextlib.contextmanager
@@ -34,23 +73,34 @@ def atomic_write(dest: str | os.PathLike) -> Iterator[Path]:
     dest = Path(dest)
     if dest.is_dir():
         raise DataError(f"{dest} is a folder: give a file name ending in .zip as the destination")
+    created = [p for p in [dest.parent, *dest.parent.parents] if not p.exists()]  # deepest first
+
+    def undo(tmp: Path | None) -> None:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        for folder in created:  # folders made for this file go too
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+    tmp = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        remove_dead_temporaries(dest)
         tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
         open(tmp, "xb").close()  # plain open: the final file gets the usual umask permissions
     except OSError as e:
+        undo(None)
         raise DataError(f"cannot write to folder {dest.parent} ({e.strerror or e}): choose a writable "
                         "destination") from None
     try:
         yield Path(tmp)
         os.replace(tmp, dest)
     except OSError as e:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        undo(tmp)
         raise DataError(f"cannot write {dest} ({e.strerror or e}): check free space and permissions") from None
     except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        undo(tmp)
         raise
 
 

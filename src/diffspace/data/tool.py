@@ -56,6 +56,15 @@ def convert_channels(images: np.ndarray, channels: int | None) -> np.ndarray:
     return ((luma + 500) // 1000).astype(np.uint8)[:, None]
 
 
+def check_dest(dest: str | os.PathLike, *, force: bool = False) -> Path:
+    """Validate the destination zip before any work: a writable `.zip` path that does not exist (unless force)."""
+    from diffspace.io.files import check_output_file
+
+    if Path(dest).suffix.lower() != ".zip" and not Path(dest).is_dir():
+        raise DataError(f"--dest {dest}: the destination must end in .zip")
+    return check_output_file(dest, force=force, option="--dest")
+
+
 def _is_plain_image_folder(path: Path) -> bool:
     return (path.is_dir() and formats.find_idx_files(path, "train") is None
             and not (path / "data_batch_1").is_file() and not (path / "cifar-10-batches-py").is_dir()
@@ -118,8 +127,8 @@ def _folder_images(root: Path, resolution: int | None, transform: str, max_image
                    channels: int | None) -> tuple[Iterator[np.ndarray], np.ndarray | None]:
     """Images of a folder (recursive, sorted by relative path) and labels from its `dataset.json`."""
     exts = image_extensions()
-    fnames = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                    if p.is_file() and p.suffix.lower() in exts)
+    fnames = sorted(f for f in (p.relative_to(root).as_posix() for p in root.rglob("*")
+                                if p.is_file() and p.suffix.lower() in exts) if not formats.is_hidden(f))
     if not fnames:
         raise DataError(f"{root}: no image files found (looked for {', '.join(sorted(exts)[:6])}, ...)")
     fnames = fnames[:max_images]
@@ -162,7 +171,7 @@ def _decode_folder(root: Path, fnames: list[str], resolution: int | None, transf
         except DataError:
             raise
         except (OSError, ValueError, SyntaxError) as e:
-            raise DataError(f"{fname} is not a readable image ({e}): fix or remove it") from None
+            raise DataError(f"{fname} is not a readable image ({formats.image_error(e)}): fix or remove it") from None
         arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
         if shape is not None and transform == "none" and arr.shape != shape:
             raise DataError(f"{fname} is {arr.shape[2]}x{arr.shape[1]} but the first image is "

@@ -183,9 +183,10 @@ def save_npz_atomic(path: str | os.PathLike, **arrays) -> None:
         with open(tmp, "wb") as f:
             np.savez(f, **arrays)
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(p, write)
+    from diffspace.io.files import parent_folders
+
+    with parent_folders(path) as p:
+        atomic_write(p, write)
 
 
 def _read_cache(cache: Path, fingerprint: str, identity: str, dim: int) -> np.ndarray | None:

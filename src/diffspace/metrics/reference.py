@@ -56,15 +56,27 @@ def load_reference(path: str | os.PathLike) -> Reference:
     try:
         with np.load(p, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read reference file {p}: {e}") from None
+    except Exception as e:  # truncated or damaged archives raise zipfile, zlib, OSError or ValueError errors
+        detail = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DataError(f"reference file {p} is damaged or not an .npz file ({detail}): make it again with "
+                        f"`diffspace fid ref --dest {p} --force`") from None
     if "mu" not in arrays or "sigma" not in arrays:
         raise DataError(f"{p} is not a reference file: it lacks 'mu' and 'sigma' (keys: {', '.join(arrays)})")
+    if arrays["mu"].dtype.kind not in "fiu" or arrays["sigma"].dtype.kind not in "fiu":
+        raise DataError(f"{p}: mu ({arrays['mu'].dtype}) and sigma ({arrays['sigma'].dtype}) must be numbers: "
+                        "make the file again with `diffspace fid ref`")
     mu, sigma = arrays["mu"].astype(np.float64), arrays["sigma"].astype(np.float64)
     d = mu.shape[0] if mu.ndim == 1 else -1
     if d < 1 or sigma.shape != (d, d):
         raise DataError(f"{p}: mu {mu.shape} and sigma {sigma.shape} are not a [d] mean and [d, d] covariance")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise DataError(f"{p}: mu or sigma holds NaN/Inf (a damaged file): make it again with `diffspace fid ref`")
     feats = arrays.get("features")
+    if feats is not None and feats.dtype.kind != "f":
+        raise DataError(f"{p}: features of dtype {feats.dtype} are not floating point (a damaged file): make it "
+                        "again with `diffspace fid ref`")
+    if feats is not None and feats.ndim == 2 and not np.isfinite(feats).all():
+        raise DataError(f"{p}: features hold NaN/Inf (a damaged file): make it again with `diffspace fid ref`")
     if feats is not None and (feats.ndim != 2 or feats.shape[1] != d):
         raise DataError(f"{p}: features {feats.shape} do not match the statistics' dimension {d}")
     if "extractor_sha256" in arrays:

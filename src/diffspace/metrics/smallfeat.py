@@ -147,12 +147,12 @@ def save_feature_net(net: FeatureNet, path: str | os.PathLike, **info) -> None:
     from safetensors.torch import save_file
 
     from diffspace.io.checkpoint import atomic_write
+    from diffspace.io.files import parent_folders
 
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
     meta = {"format": FORMAT, "config": json.dumps(net.config), "info": json.dumps(info)}
     tensors = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-    atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata=meta))
+    with parent_folders(path) as p:
+        atomic_write(p, lambda tmp: save_file(tensors, tmp, metadata=meta))
 
 
 def read_feature_net(path: str | os.PathLike) -> tuple[FeatureNet, dict]:
