@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from diffspace.errors import CheckpointError, ConfigError
+    from diffspace.io import check_output_file
     from diffspace.io.checkpoint import read_tensors, save_network
     from diffspace.io.edm_pickle import load_edm_snapshot
 
@@ -37,13 +38,13 @@ def run(args: argparse.Namespace) -> int:
                           "directly with --network DIR")
     if not src.is_file():
         raise CheckpointError(f"EDM snapshot {src} does not exist")
-    if out.is_dir():
-        raise ConfigError(f"{out} is a folder: give the output file name, e.g. {out / 'network.safetensors'}")
-    if out.exists() and not args.force:
-        raise ConfigError(f"{out} exists: pass --force to replace it, or choose another name")
     if not out.parent.is_dir():
         raise ConfigError(f"folder {out.parent} does not exist: create it first")
-    net, info = load_edm_snapshot(src, key=args.key)
+    check_output_file(out, force=args.force, option="OUT")
+    try:
+        net, info = load_edm_snapshot(src, key=args.key)
+    except CheckpointError as e:
+        raise CheckpointError(f"{src}: {e}") from None
     info = dict(info, source={"format": "NVlabs/edm snapshot", "file": src.name})
     save_network(out, net, info=info)
     tensors, _ = read_tensors(out)  # verifies the digest of what was written

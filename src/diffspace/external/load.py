@@ -36,7 +36,10 @@ def load_foreign(path: str | os.PathLike, *, which: str = "ema", device: str | t
             raise ConfigError(f"--which {which}: an EDM snapshot holds only the EMA network; drop --which")
         if not path.is_file():
             raise CheckpointError(f"EDM snapshot {path} does not exist")
-        net, info = load_edm_snapshot(path)
+        try:
+            net, info = load_edm_snapshot(path)
+        except CheckpointError as e:
+            raise CheckpointError(f"{path}: {e}") from None
         return net.requires_grad_(False).to(device), info
     if is_diffusers_folder(path):
         if which != "ema":
