@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = (
     "data", "denoisers", "design", "errors", "generate", "grids", "io", "metrics", "nets", "samplers", "train",
+    "tune",
 )
 
 __all__ = ["__version__", *_SUBMODULES]
