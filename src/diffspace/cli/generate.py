@@ -44,6 +44,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", dest=name, type=float, default=None, help=text)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, repeatable (e.g. --opt afs=true, --opt solver=euler)")
+    g.add_argument("--schedule", default=None, metavar="FILE.json",
+                   help="sampler, options and noise levels from `diffspace tune` (with --nfe)")
+    g.add_argument("--nfe", type=int, default=None, help="budget of the --schedule plan to use")
+    g.add_argument("--force", action="store_true", help="use a --schedule tuned for another model")
 
     g = p.add_argument_group("output")
     g.add_argument("--outdir", default=None, metavar="DIR", help="folder for one PNG per seed ({seed:06d}.png)")
@@ -72,6 +76,19 @@ def sampler_options(args: argparse.Namespace) -> dict:
         if value is not None:
             options[rename.get(name, name)] = value
     return options
+
+
+def _scheduled(args: argparse.Namespace, net, options: dict):
+    """(sampler, options, sigmas, steps) of the --schedule plan for --nfe; the model's digest must match."""
+    from diffspace.errors import ConfigError
+    from diffspace.tune.schedule import load_schedule
+
+    if not args.schedule:
+        raise ConfigError("--nfe picks a plan of a --schedule file: pass --schedule FILE too")
+    if options:
+        raise ConfigError("--schedule sets the sampler and its options: drop --opt and the S_* flags")
+    plan = load_schedule(args.schedule, args.nfe, model=net, force=args.force)
+    return plan.sampler, plan.options, plan.sigmas, len(plan.sigmas) - 1
 
 
 def _pick_device(name: str):
@@ -140,8 +157,12 @@ def run(args: argparse.Namespace) -> int:
     if len(shape) != 3:
         raise ConfigError(f"{args.network} generates vectors of shape {list(shape)}, not images")
     G.check_class(net, args.class_idx)
-    G.check_sampler(net, args.sampler, options, steps=args.steps, grid=args.grid_type, sigma_min=args.sigma_min,
-                    sigma_max=args.sigma_max, rho=args.rho)
+    sigmas = None
+    if args.schedule or args.nfe is not None:
+        args.sampler, options, sigmas, args.steps = _scheduled(args, net, options)
+    else:
+        G.check_sampler(net, args.sampler, options, steps=args.steps, grid=args.grid_type, sigma_min=args.sigma_min,
+                        sigma_max=args.sigma_max, rho=args.rho)
 
     out = Outputs(args.outdir, args.npz, args.grid, args.subdirs)
     try:
@@ -152,9 +173,9 @@ def run(args: argparse.Namespace) -> int:
         if mine:
             result = G.generate(net, mine, sampler=args.sampler, options=options, steps=args.steps,
                                 grid=args.grid_type, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                                rho=args.rho, batch=args.batch, class_idx=args.class_idx, shape=shape, device=device,
-                                micro_batch=args.micro_batch, progress=rank == 0 and not args.no_progress,
-                                on_batch=out.write_pngs)
+                                rho=args.rho, sigmas=sigmas, batch=args.batch, class_idx=args.class_idx, shape=shape,
+                                device=device, micro_batch=args.micro_batch,
+                                progress=rank == 0 and not args.no_progress, on_batch=out.write_pngs)
             out.write_part(rank, result)
         nfe = dist.broadcast_object(result.nfe if result is not None else 0)
         dist.barrier()
