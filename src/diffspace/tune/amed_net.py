@@ -179,6 +179,7 @@ def train_predictor(net, sigmas, *, shape: Sequence[int], warmup: int = 64, seed
     from diffspace.geometry import record
     from diffspace.tune.gits import _latents
 
+    find_unet(net)  # refuse other denoisers before any work
     sig = torch.as_tensor(sigmas, dtype=torch.float64)
     if float(sig[-1]) <= 0:
         raise ConfigError("train the AMED predictor on a grid ending at sigma_min > 0")
