@@ -4,7 +4,7 @@ Endpoint error (RMS per coordinate, mean over 64 evaluation seeds that neither t
 against an adaptive Dormand–Prince solution (rtol 1e-8), σ 80 → 0.002, no final step to 0. Writes
 benchmarks/results/tune_gmm3x32x32.{json,md}. `--quick`: NFE 5 only, fewer seeds (a smoke run).
 
-    OMP_NUM_THREADS=1 python benchmarks/tune_gmm3x32x32.py [--quick]
+    OMP_NUM_THREADS=1 python benchmarks/tune_gmm3x32x32.py [--quick] [--seeds 32]
 """
 
 from __future__ import annotations
@@ -31,9 +31,10 @@ OUT = Path(__file__).parent / "results"
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--seeds", type=int, default=32, help="warm-up and held-out seeds of the tuner (default 32)")
     args = ap.parse_args()
     budgets = [5] if args.quick else [4, 5, 6, 8, 10]
-    warmup, heldout, n_eval = (8, 8, 8) if args.quick else (32, 32, 64)
+    warmup, heldout, n_eval = (8, 8, 8) if args.quick else (args.seeds, args.seeds, 64)
     P = problems.get("gmm3x32x32")
     D = P.denoiser
     t0 = time.time()
@@ -75,7 +76,7 @@ def main() -> None:
     md = "\n".join(lines)
     print(md)
     OUT.mkdir(exist_ok=True)
-    stem = "tune_gmm3x32x32" + ("_quick" if args.quick else "")
+    stem = "tune_gmm3x32x32" + ("_quick" if args.quick else "" if args.seeds == 32 else f"_seeds{args.seeds}")
     meta = dict(problem="gmm3x32x32", eval_seeds=n_eval, warmup=warmup, heldout=heldout, tune_seconds=t_tune,
                 machine=platform.platform(), threads=torch.get_num_threads())
     (OUT / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows,
