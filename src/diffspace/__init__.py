@@ -15,8 +15,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "denoisers", "design", "errors", "external", "generate", "grids", "io", "metrics", "nets", "samplers",
-    "train",
+    "data", "denoisers", "design", "errors", "external", "generate", "geometry", "grids", "io", "metrics", "nets",
+    "reproduce", "samplers", "train", "tune",
 )
 
 __all__ = ["__version__", *_SUBMODULES]

@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "converge": ("diffspace.cli.converge", "measure the convergence order of samplers"),
     "convert": ("diffspace.cli.convert", "convert an NVlabs/edm snapshot (.pkl) into a diffspace checkpoint"),
     "reproduce": ("diffspace.cli.reproduce", "check the papers' verifiable claims and write a report"),
+    "tune": ("diffspace.cli.tune", "choose the best sampler and time grid per NFE budget (GITS, AMED)"),
 }
 
 

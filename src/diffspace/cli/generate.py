@@ -57,13 +57,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", dest=name, type=float, default=None, help=text)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, repeatable (e.g. --opt afs=true, --opt solver=euler)")
+    g.add_argument("--nfe", type=int, default=None,
+                   help="with --schedule FILE.json from `diffspace tune`: the budget whose plan (sampler, options, "
+                        "noise levels) to use")
 
     g = p.add_argument_group("EDM's Table-1 sampler (any of these selects it, as in EDM's generate.py)")
     g.add_argument("--solver", choices=SOLVERS, default=None, help="ODE solver: euler | heun (default heun)")
     g.add_argument("--disc", choices=DISCS, default=None,
                    help="time steps: vp | ve | iddpm | edm (default edm); with --sampler NAME: its grid type")
-    g.add_argument("--schedule", choices=SCHEDULES, default=None, help="noise schedule sigma(t): vp | ve | linear "
-                                                                       "(default linear)")
+    g.add_argument("--schedule", default=None, metavar="vp|ve|linear|FILE.json",
+                   help="noise schedule sigma(t): vp | ve | linear (default linear); or a schedule file written by "
+                        "`diffspace tune`, used with --nfe")
     g.add_argument("--scaling", choices=SCALINGS, default=None, help="signal scaling s(t): vp | none (default none)")
 
     g = p.add_argument_group("output")
@@ -73,7 +77,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--npz", default=None, metavar="FILE", help="also write uint8 `images` [N,H,W,C], `seeds` "
                                                                 "(and `labels`) into one .npz")
     g.add_argument("--force", action="store_true", help="replace an existing --npz/--grid file (default: refuse; "
-                                                        "PNGs of the same seeds in --outdir are always replaced)")
+                                                        "PNGs of the same seeds in --outdir are always replaced); "
+                                                        "use a --schedule file tuned for another model")
 
     g = p.add_argument_group("execution")
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps (default auto)")
@@ -84,11 +89,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def split_schedule(args: argparse.Namespace) -> None:
+    """--schedule is EDM's σ(t) (vp, ve, linear) or a tuned schedule file: the file goes to args.schedule_file."""
+    if not hasattr(args, "schedule_file"):
+        args.schedule_file = None
+        if args.schedule is not None and args.schedule not in SCHEDULES:
+            from pathlib import Path
+
+            from diffspace.errors import ConfigError
+
+            if not Path(args.schedule).is_file():
+                raise ConfigError(f"--schedule {args.schedule}: choose vp, ve or linear, or give an existing schedule "
+                                  "file written by diffspace tune")
+            args.schedule_file, args.schedule = args.schedule, None
+
+
 def resolve_sampler(args: argparse.Namespace) -> tuple[str, str]:
     """(sampler, grid type) of the command line. As in EDM's generate.py, --solver/--disc/--schedule/--scaling
     select the Table-1 sampler ('ablation'); with an explicit --sampler NAME, --disc only names its grid."""
     from diffspace.errors import ConfigError
 
+    split_schedule(args)
     table1 = [f"--{k} {getattr(args, k)}" for k in ("solver", "schedule", "scaling") if getattr(args, k) is not None]
     if args.grid_type is not None and args.disc is not None and args.grid_type != args.disc:
         raise ConfigError(f"--grid-type {args.grid_type} and --disc {args.disc} disagree: give one of them")
@@ -135,6 +156,19 @@ def unique_seeds(text: str) -> list[int]:
         print(f"note: --seeds {text} repeats seed(s) {', '.join(map(str, again[:5]))}"
               f"{', …' if len(again) > 5 else ''}: generating {len(unique)} images, one per seed", file=sys.stderr)
     return unique
+
+
+def _scheduled(args: argparse.Namespace, net, options: dict):
+    """(sampler, options, sigmas, steps) of the --schedule plan for --nfe; the model's digest must match."""
+    from diffspace.errors import ConfigError
+    from diffspace.tune.schedule import load_schedule
+
+    if not args.schedule_file:
+        raise ConfigError("--nfe picks a plan of a schedule file: pass --schedule FILE.json (from diffspace tune) too")
+    if options:
+        raise ConfigError("--schedule sets the sampler and its options: drop --opt and the S_* flags")
+    plan = load_schedule(args.schedule_file, args.nfe, model=net, force=args.force)
+    return plan.sampler, plan.options, plan.sigmas, len(plan.sigmas) - 1
 
 
 def _pick_device(name: str):
@@ -234,8 +268,12 @@ def run(args: argparse.Namespace) -> int:
     if len(shape) != 3:
         raise ConfigError(f"{args.network} generates vectors of shape {list(shape)}, not images")
     G.check_class(net, args.class_idx)
-    G.check_sampler(net, sampler, options, steps=args.steps, grid=grid, sigma_min=args.sigma_min,
-                    sigma_max=args.sigma_max, rho=args.rho)
+    sigmas = None
+    if args.schedule_file or args.nfe is not None:
+        sampler, options, sigmas, args.steps = _scheduled(args, net, options)
+    else:
+        G.check_sampler(net, sampler, options, steps=args.steps, grid=grid, sigma_min=args.sigma_min,
+                        sigma_max=args.sigma_max, rho=args.rho)
 
     out = Outputs(args.outdir, args.npz, args.grid, args.subdirs)
     try:
@@ -246,9 +284,9 @@ def run(args: argparse.Namespace) -> int:
         if mine:
             result = G.generate(net, mine, sampler=sampler, options=options, steps=args.steps,
                                 grid=grid, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
-                                rho=args.rho, batch=args.batch, class_idx=args.class_idx, shape=shape, device=device,
-                                micro_batch=args.micro_batch, progress=rank == 0 and not args.no_progress,
-                                on_batch=out.write_pngs)
+                                rho=args.rho, sigmas=sigmas, batch=args.batch, class_idx=args.class_idx, shape=shape,
+                                device=device, micro_batch=args.micro_batch,
+                                progress=rank == 0 and not args.no_progress, on_batch=out.write_pngs)
             out.write_part(rank, result)
         nfe = dist.broadcast_object(result.nfe if result is not None else 0)
         dist.barrier()

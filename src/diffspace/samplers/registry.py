@@ -78,7 +78,8 @@ def names() -> list[str]:
 def _load_all() -> None:
     import importlib
 
-    for module in ("diffspace.samplers.edm", "diffspace.samplers.li", "diffspace.samplers.multistep"):
+    for module in ("diffspace.samplers.edm", "diffspace.samplers.li", "diffspace.samplers.multistep",
+                   "diffspace.tune.amed"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
