@@ -78,7 +78,9 @@ def names() -> list[str]:
 def _load_all() -> None:
     import importlib
 
-    for module in ("diffspace.samplers.edm", "diffspace.samplers.li", "diffspace.samplers.multistep"):
+    for module in ("diffspace.samplers.edm", "diffspace.samplers.li", "diffspace.samplers.multistep",
+                   "diffspace.samplers.dpm_eps", "diffspace.samplers.ipndm_v", "diffspace.samplers.unipc",
+                   "diffspace.samplers.deis", "diffspace.samplers.adaptive"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
