@@ -4,49 +4,25 @@ Prints, for every sampler k-diffusion also has, the largest absolute difference 
 wall-time ratio (ours / k-diffusion, best of 3, cheap denoiser so that sampler overhead shows), and writes
 benchmarks/results/compare_k_diffusion.json.
 
-k-diffusion is not a dependency. Install it next to diffspace without its heavy extras:
-
-    pip install --no-deps k-diffusion torchsde torchdiffeq trampoline    # scipy, tqdm, pillow, safetensors too
-
-Its package __init__ imports training code (and torchvision); this script loads only `k_diffusion.sampling`,
-with a stand-in `torchvision` module when torchvision is not installed (sampling does not use it).
+k-diffusion is not a dependency: see benchmarks/peers.py for how to install it and how it is loaded.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
 import sys
 import time
-import types
 from pathlib import Path
 
 import torch
+from peers import K_INSTALL, load_k_sampling, version
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems
 
 OUT = Path(__file__).parent / "results" / "compare_k_diffusion.json"
-
-
-def load_k_sampling():
-    """Import k_diffusion.sampling without running k_diffusion/__init__.py."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        sys.exit("k-diffusion is not installed: pip install --no-deps k-diffusion torchsde torchdiffeq trampoline")
-    if importlib.util.find_spec("torchvision") is None:  # stand-in: k_diffusion.utils imports it at top level
-        tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
-                                                     "torchvision.transforms.functional"))
-        tv.transforms, tr.functional = tr, fn
-        sys.modules.update({m.__name__: m for m in (tv, tr, fn)})
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["k_diffusion"] = package
-    import k_diffusion.sampling as ks
-
-    return ks
 
 
 def pairs(ks):
@@ -109,6 +85,8 @@ def best_time(fn, *args, repeats=3) -> float:
 def main() -> None:
     torch.set_num_threads(1)
     ks = load_k_sampling()
+    if ks is None:
+        sys.exit(f"k-diffusion is not installed: {K_INSTALL}")
     problem = problems.get("gmm2")
     model, seeds = problem.denoiser, list(range(16))
     results, worst = [], 0.0
@@ -130,22 +108,13 @@ def main() -> None:
     print(f"\nworst difference {worst:.2e} (float64, |x| up to {80 * 4:.0f} at the start)")
     OUT.parent.mkdir(parents=True, exist_ok=True)
     info = {"problem": problem.description, "batch": len(seeds), "dtype": "float64", "threads": 1,
-            "k_diffusion_version": _version("k-diffusion"), "torch": torch.__version__,
+            "k_diffusion_version": version("k-diffusion"), "torch": torch.__version__,
             "machine": platform.platform(), "cpus": os.cpu_count(), "grid_max_abs_diff": grid_diff,
             "worst_max_abs_diff": worst, "results": results}
     tmp = OUT.with_name(f".{OUT.name}.tmp")
     tmp.write_text(json.dumps(info, indent=1) + "\n")
     os.replace(tmp, OUT)
     print(f"wrote {OUT}")
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 if __name__ == "__main__":
