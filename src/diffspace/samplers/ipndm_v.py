@@ -12,7 +12,9 @@ Both are Adams–Bashforth methods in σ on d = (x − D)/σ, 1 NFE/step, orders
   differs from the exact Lagrange factor h(2h + 3h₁)/(6h₁(h₁ + h₂)) unless the steps are equal (then both are
   5/12 and the classical coefficients 23/12, −16/12, 5/12 come out). On a smooth grid (step ratios 1 + O(1/N))
   the difference is O(1/N) and does not change the order; on the few, very uneven steps of a low-NFE ρ=7 grid
-  it changes the result.
+  it changes the result. The fourth-order factor t₂ of the third difference is 11/24 on equal steps where
+  Adams–Bashforth-4 has 3/8, so max_order=4 is not AB4 even on a uniform grid: it integrates constants and
+  linear d exactly, not quadratics.
 """
 
 from __future__ import annotations
@@ -53,8 +55,8 @@ def ipndm_v(model, x, sigmas, *, extra_args=None, callback=None, disable=None, d
     """Variable-step iPNDM as diff-sampler runs it (`ipndm_v`): x' = x + (σ' − σ)Σ_j c_j d_{i−j}, 1 NFE/step,
     with the closed-form step-size coefficients of `ipndm_v_coefficients` (order k = min(max_order, i + 1)).
 
-    Equal to `lms`/`ipndm` up to order 2 and on uniform grids; different at orders 3 and 4 on uneven grids
-    (module docstring). The first step is Euler, so one step to σ' = 0 returns D.
+    Equal to `lms`/`ipndm` up to order 2, and at order 3 on uniform grids; different otherwise (module
+    docstring). The first step is Euler, so one step to σ' = 0 returns D.
     """
     if max_order not in (1, 2, 3, 4):
         raise ConfigError(f"max_order={max_order!r} must be 1, 2, 3 or 4")
