@@ -3,7 +3,7 @@ samplers and diff-sampler's diff-solvers (their own code), same ρ=7 grid (σ 80
 latents, float64.
 
 Error: RMS per coordinate of the endpoint against a high-accuracy ODE solution (adaptive Dormand–Prince,
-rtol = atol = 1e-11), averaged over the batch. Each sampler takes the most steps whose NFE fits the budget
+rtol = atol = 1e-10), averaged over the batch. Each sampler takes the most steps whose NFE fits the budget
 (`*` in the table: it cannot spend exactly that many). Rows are "library sampler [options]".
 
     python benchmarks/lownfe_peers.py --diff-solvers /tmp/diff-sampler/diff-solvers-main     # full run
@@ -39,12 +39,13 @@ SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 # with S_churn = 0, lms = ipndm).
 OURS = [
     ("euler", {}), ("heun", {}), ("dpm_2", {}), ("dpmpp_2m", {}), ("dpmpp_3m", {}), ("dpmpp_3m", {"compat": True}),
-    ("ipndm", {}), ("ipndm", {"max_order": 3}), ("ipndm_v", {}), ("ipndm_v", {"max_order": 3}),
+    ("ipndm", {}), ("ipndm_v", {}), ("ipndm_v", {"max_order": 3}),
     ("dpm_2m", {}), ("dpm_3m", {}), ("dpm_3m", {"compat": True}), ("dpm_3m", {"lower_order_final": False}),
-    ("unipc", {}), ("unipc", {"variant": "bh1"}), ("unipc", {"predict_x0": False}),
-    ("unipc", {"predict_x0": False, "variant": "bh1"}), ("deis", {}), ("deis", {"max_order": 3}),
-    ("accel_ode", {}), ("ddim_type", {}), ("accel_ode2", {}),
+    ("unipc", {}), ("unipc", {"variant": "bh1"}), ("unipc", {"predict_x0": False}), ("deis", {}),
+    ("accel_ode", {}),
 ]
+# Li et al.'s theory forms (ddim_type, accel_ode2) are left out: they step in σ² and are far behind at low NFE
+# (docs/samplers.md); `diffspace converge --nfe` measures them.
 
 
 def rho_grid(steps: int) -> torch.Tensor:
@@ -91,6 +92,7 @@ def ours_rows(D, x0, budgets, ref, err):
                 assert model.calls == stats["nfe"] == entry.nfe(rho_grid(steps), **o)
                 row["cells"][b] = {"steps": steps, "nfe": model.calls, "error": err(out, ref)}
             rows.append(row)
+            print(f"  {label(row)}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -284,7 +286,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="batch 4, NFE 5 and 10 only, looser reference (CI)")
     p.add_argument("--diff-solvers", type=Path, default=None,
                    help="folder with diff-sampler's solvers.py and solver_utils.py (diff-solvers-main)")
-    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--rtol", type=float, default=1e-10, help="tolerance of the reference solution")
     p.add_argument("--nfe", default="4,5,6,8,10,20")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--outdir", type=Path, default=RESULTS)
@@ -292,7 +295,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     budgets = [5, 10] if args.quick else [int(v) for v in args.nfe.split(",")]
     batch = 4 if args.quick else args.batch
-    tol = 1e-8 if args.quick else 1e-11
+    tol = 1e-8 if args.quick else args.rtol
     problem = problems.get("gmm3x32x32")
     D = problem.denoiser
     x0 = torch.randn(batch, *problem.shape, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
