@@ -73,7 +73,8 @@ def main() -> None:
         rows = analyse(problem, x0, steps, tol)
         out["runs"][steps] = rows
         lines += [f"{steps} steps", "", "| step σ → σ' | local error, data form | local error, noise form | "
-                  "|ΔD| | σ·|Δε| | linear miss of D | linear miss of σ'ε |", "|---|---|---|---|---|---|---|"]
+                  "change of D | σ × change of ε | linear miss of D | linear miss of σ'ε |",
+                  "|---|---|---|---|---|---|---|"]
         lines += [f"| {r['sigma']:.4g} → {r['sigma_next']:.4g} | {r['local_error_data']:.2e} | "
                   f"{r['local_error_noise']:.2e} | {r['change_D']:.2e} | {r['change_sigma_eps']:.2e} | "
                   f"{r['miss_D']:.2e} | {r['miss_sigma_eps']:.2e} |" for r in rows]
