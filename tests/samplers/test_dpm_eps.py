@@ -90,3 +90,18 @@ def test_published_coefficient_is_not_third_order(slopes):
     errs = [r.error for r in compat.series("dpm_3m")]
     assert 1.7 < -compat.slope("dpm_3m") < 2.6, errs
     assert errs[-1] > 2 * exact.series("dpm_3m")[-1].error
+
+
+@pytest.mark.parametrize("name", ["dpm_2m", "dpm_3m", "ipndm_v", "unipc", "deis"])
+def test_analytical_first_step_of_the_new_samplers(name):
+    from diffspace import grids, samplers
+
+    s = samplers.get(name)
+    sig = grids.edm(6, append_zero=False)
+    x = torch.randn(3, 1, dtype=torch.float64) * 80
+    seen, stats = [], {}
+    s(G, x, sig, afs=True, callback=seen.append, stats=stats)
+    # AFS: D = x − σx/sqrt(1 + σ²) at the first level instead of a call; one call fewer.
+    s0 = sig[0]
+    assert torch.equal(seen[0]["denoised"], x - s0 * x / (1 + s0**2).sqrt())
+    assert stats["nfe"] == s.nfe(sig) - 1 == s.nfe(sig, afs=True)
