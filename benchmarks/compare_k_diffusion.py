@@ -10,55 +10,28 @@ benchmarks/results/compare_k_diffusion.json (or OUT/compare_k_diffusion.json wit
 Both modes run k-diffusion itself and exit non-zero when a pair that should agree differs by more than 1e-11
 (float64 round-off over a few dozen steps stays below 1e-12 here).
 
-k-diffusion is not a dependency. Install it next to diffspace without its heavy extras (`bash scripts/setup.sh
---test` does this); `--no-deps` keeps pip from replacing the installed torch with another build:
-
-    pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 torchdiffeq==0.2.5 trampoline==0.1.2
-
-(its sampling module also needs scipy, tqdm, pillow and safetensors, which the `test` extra installs). Its
-package __init__ imports training code (and torchvision); this script loads only `k_diffusion.sampling`, with a
-stand-in `torchvision` module when torchvision is not installed (sampling does not use it).
+k-diffusion is not a dependency: see benchmarks/peers.py for how to install it and how it is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
+from peers import K_INSTALL, load_k_sampling, version
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems
 
 OUT = Path(__file__).parent / "results"
 TOLERANCE = 1e-11  # every pair implements the same update in float64; the largest measured gap is ~1e-13
-
-
-def load_k_sampling():
-    """Import k_diffusion.sampling without running k_diffusion/__init__.py."""
-    spec = importlib.util.find_spec("k_diffusion")
-    if spec is None:
-        sys.exit("k-diffusion is not installed: pip install --no-deps k-diffusion==0.1.1.post1 torchsde==0.2.6 "
-                 "torchdiffeq==0.2.5 trampoline==0.1.2 (or bash scripts/setup.sh --test)")
-    if importlib.util.find_spec("torchvision") is None:  # stand-in: k_diffusion.utils imports it at top level
-        tv, tr, fn = (types.ModuleType(n) for n in ("torchvision", "torchvision.transforms",
-                                                     "torchvision.transforms.functional"))
-        tv.transforms, tr.functional = tr, fn
-        sys.modules.update({m.__name__: m for m in (tv, tr, fn)})
-    package = types.ModuleType("k_diffusion")
-    package.__path__ = list(spec.submodule_search_locations)
-    sys.modules["k_diffusion"] = package
-    import k_diffusion.sampling as ks
-
-    return ks
 
 
 def pairs(ks):
@@ -131,6 +104,8 @@ def main() -> int:
     steps, repeats = ((5, 10), 1) if args.quick else ((5, 10, 25), 3)
     torch.set_num_threads(1)
     ks = load_k_sampling()
+    if ks is None:
+        sys.exit(f"k-diffusion is not installed: {K_INSTALL}")
     problem = problems.get("gmm2")
     model, seeds = problem.denoiser, list(range(16))
     results, worst = [], 0.0
@@ -154,7 +129,7 @@ def main() -> int:
     out = out_dir / "compare_k_diffusion.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     info = {"problem": problem.description, "batch": len(seeds), "dtype": "float64", "threads": 1,
-            "k_diffusion_version": _version("k-diffusion"), "torch": torch.__version__,
+            "k_diffusion_version": version("k-diffusion"), "torch": torch.__version__,
             "machine": platform.platform(), "cpus": os.cpu_count(), "grid_max_abs_diff": grid_diff,
             "worst_max_abs_diff": worst, "quick": args.quick, "results": results}
     tmp = out.with_name(f".{out.name}.tmp")
@@ -165,15 +140,6 @@ def main() -> int:
         print(f"FAILED: a pair differs by {worst:.2e} > {TOLERANCE:g}", file=sys.stderr)
         return 1
     return 0
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 if __name__ == "__main__":

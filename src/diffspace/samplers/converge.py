@@ -249,6 +249,9 @@ def measure(problem: Problem, names: Sequence[str], *, steps: Sequence[int] | No
     exact_end: dict[float, torch.Tensor] = {}
 
     for entry in entries:
+        if getattr(entry.nfe_fn, "adaptive", False):
+            result.skipped[entry.name] = "adaptive step size: step counts and NFE budgets do not apply"
+            continue
         opts = _options_for(entry, options)
         zero_here = to_zero and entry.name not in POSITIVE_END
         if to_zero and entry.name in POSITIVE_END:

@@ -138,8 +138,8 @@ def ipndm(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dty
     """iPNDM (Zhang & Chen 2022), variable-step: Adams–Bashforth in σ on d = (x − D)/σ, 1 NFE/step.
 
     x' = x + (σ' − σ)·Σ_j w_j d_{i−j}, with the weights of `adams_bashforth_weights` for the actual, uneven
-    grid (order k = min(max_order, i + 1): orders ramp up 1, 2, …, max_order). The same method as
-    k-diffusion's `sample_lms` of the same order (not diff-sampler's `ipndm_v`).
+    grid (order k = min(max_order, i + 1): orders ramp up 1, 2, …, max_order). The same method as k-diffusion's
+    `sample_lms` (registered also as `lms`); diff-sampler's `ipndm_v` differs at orders 3 and 4 (see `ipndm_v`).
     """
     if max_order not in (1, 2, 3, 4):
         raise ConfigError(f"max_order={max_order!r} must be 1, 2, 3 or 4")

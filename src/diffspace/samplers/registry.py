@@ -79,7 +79,8 @@ def _load_all() -> None:
     import importlib
 
     for module in ("diffspace.samplers.edm", "diffspace.samplers.li", "diffspace.samplers.multistep",
-                   "diffspace.tune.amed"):
+                   "diffspace.samplers.dpm_eps", "diffspace.samplers.ipndm_v", "diffspace.samplers.unipc",
+                   "diffspace.samplers.deis", "diffspace.samplers.adaptive", "diffspace.tune.amed"):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as e:
