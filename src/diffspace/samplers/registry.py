@@ -1,5 +1,5 @@
 """Sampler registry: name -> function, NFE formula and accepted options. Unknown names and options are refused
-by name instead of being ignored."""
+by name instead of being ignored, and option values are checked by type and range (`samplers.options`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from diffspace.errors import ConfigError
+from diffspace.samplers.options import parse, validate
 
 COMMON = ("extra_args", "callback", "disable", "dtype", "stats")
 
@@ -29,6 +30,7 @@ class Sampler:
     def nfe(self, sigmas, **options) -> int:
         """Denoiser calls on this grid; options that change the count (e.g. afs, denoise_to_zero) pass through."""
         self.check_options(options)
+        options = validate(self.name, self.fn, options)
         params = inspect.signature(self.nfe_fn).parameters
         return int(self.nfe_fn(torch.as_tensor(sigmas), **{k: v for k, v in options.items() if k in params}))
 
@@ -40,6 +42,7 @@ class Sampler:
 
     def __call__(self, model, x, sigmas, **options):
         self.check_options(options)
+        options = validate(self.name, self.fn, options)
         if "noise" in options and "noise" not in self._params:
             options.pop("noise")  # deterministic samplers draw no noise
         return self.fn(model, x, sigmas, **options)
@@ -65,8 +68,23 @@ def get(name: str) -> Sampler:
     """The registered sampler called `name`."""
     _load_all()
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown sampler {name!r}: known samplers are {', '.join(names())}")
+        raise ConfigError(f"unknown sampler {name!r}: known samplers are {', '.join(names())}; EDM's Table-1 "
+                          "sampler is samplers.ablation (generate --sampler ablation)")
     return _REGISTRY[name]
+
+
+def parse_options(name: str, items) -> dict:
+    """Command-line ['key=value', …] for sampler `name` (or 'ablation') as typed, checked options."""
+    if name == "ablation":
+        import inspect
+
+        from diffspace.samplers.edm import ABLATION_FIXED, ablation
+
+        params = inspect.signature(ablation).parameters
+        known = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in ABLATION_FIXED]
+        return parse(name, ablation, items, known)
+    entry = get(name)
+    return parse(name, entry.fn, items, entry.options)
 
 
 def names() -> list[str]:
