@@ -63,9 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def sampler_options(args: argparse.Namespace) -> dict:
     """--opt pairs plus the EDM S_* flags under the sampler's own names."""
-    from diffspace.generate import parse_options
+    from diffspace.samplers import parse_options
 
-    options = parse_options(args.opt)
+    options = parse_options(args.sampler, args.opt)  # typed and checked with the sampler's own options
     rename = {"S_min": "S_tmin", "S_max": "S_tmax"} if args.sampler != "ablation" else {}
     for name, _ in _S_FLAGS:
         value = getattr(args, name)

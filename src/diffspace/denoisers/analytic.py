@@ -1,4 +1,4 @@
-"""Exact denoisers D(x; σ) = E[y | y + σn = x] for Gaussian, Gaussian-mixture and empirical data (spec §3.4).
+"""Exact denoisers D(x; σ) = E[y | y + σn = x] for Gaussian, Gaussian-mixture and empirical data.
 
 They satisfy the Denoiser contract (unscaled x of shape [B, *event_shape], σ broadcastable to [B]) and compute
 in float64. Used as ground truth for samplers and as the "optimal denoiser" of the geometric perspective.
@@ -83,6 +83,10 @@ class GaussianMixture(_Analytic):
         K = means.shape[0]
         super().__init__(means.shape[1:])
         d = self.dim
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            if not torch.isfinite(value).all():
+                bad = value.flatten()[~torch.isfinite(value.flatten())][0].item()
+                raise ConfigError(f"GaussianMixture {name} contain {bad}: every value must be finite")
         if weights.numel() != K or (weights < 0).any() or not weights.sum() > 0:
             raise ConfigError(f"weights must be {K} non-negative numbers with a positive sum, got {weights.tolist()}")
         self.weights = weights / weights.sum()

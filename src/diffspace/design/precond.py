@@ -1,4 +1,4 @@
-"""Preconditioning D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise(σ)) of EDM's Table 1 (spec §1.2).
+"""Preconditioning D(x; σ) = c_skip(σ)·x + c_out(σ)·F(c_in(σ)·x; c_noise(σ)) of EDM's Table 1.
 
 Each wrapper holds a raw network as `.model`, called as `model(x, c_noise, class_labels=..., **kwargs)` (the
 forward of diffspace.nets and NVlabs/edm networks), so EDM state dicts map key for key (`model.…`).

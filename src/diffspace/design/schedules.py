@@ -1,4 +1,4 @@
-"""Noise schedules σ(t) and scalings s(t) of EDM's Table 1 (spec §1.2).
+"""Noise schedules σ(t) and scalings s(t) of EDM's Table 1.
 
 A schedule knows σ(t), σ̇(t) and σ⁻¹(σ); a scaling knows s(t) and ṡ(t). All functions accept Python floats or
 tensors and compute in the input's precision (use float64 tensors for sampling).
@@ -49,7 +49,7 @@ class VPSchedule(Schedule):
 
     @classmethod
     def fit(cls, sigma_min: float, sigma_max: float, epsilon_s: float = 1e-3) -> VPSchedule:
-        """β_d, β_min such that σ(ε_s) = sigma_min and σ(1) = sigma_max exactly (EDM's refit, spec §1.5)."""
+        """β_d, β_min such that σ(ε_s) = sigma_min and σ(1) = sigma_max exactly (EDM's refit)."""
         if not 0 < sigma_min < sigma_max:
             raise ConfigError(f"need 0 < sigma_min < sigma_max, got {sigma_min} and {sigma_max}")
         beta_d = 2 * (math.log(sigma_min**2 + 1) / epsilon_s - math.log(sigma_max**2 + 1)) / (epsilon_s - 1)

@@ -1,5 +1,5 @@
-"""Convergence lab: measure each sampler's error against a known answer over a range of step counts (spec §5
-items 1, 7, 8) and fit the order.
+"""Convergence lab: measure each sampler's error against a known answer over a range of step counts
+and fit the order.
 
 - Deterministic samplers: pathwise endpoint error, mean over the batch of ‖x_N − x_ref‖/sqrt(d), with x_ref the
   exact ODE solution (closed form for a Gaussian, adaptive Dormand–Prince otherwise) from the same x_0 = σ_0·ξ.

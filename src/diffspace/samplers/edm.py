@@ -211,10 +211,12 @@ def ablation(net, latents: torch.Tensor, *, class_labels=None, num_steps: int = 
 def _register() -> None:
     from diffspace.samplers.registry import nfe_heun, nfe_one_per_step, register
 
-    register("euler", euler, nfe_one_per_step, order=1)
-    register("heun", heun, nfe_heun, order=2)
+    register("euler", euler, nfe_one_per_step, order=1,
+             summary="Euler's method steps the probability-flow ODE (DDIM) with 1 NFE per step.")
+    register("heun", heun, nfe_heun, order=2,
+             summary="EDM's Algorithm 1 takes 2nd-order Runge–Kutta steps (Heun; alpha=0.5 gives the midpoint rule).")
     register("edm", edm, nfe_heun, stochastic=True, order=2,
-             summary="Algorithm 2: Heun with stochastic churn (deterministic when S_churn = 0)")
+             summary="EDM's Algorithm 2 adds stochastic churn to Heun's method (deterministic when S_churn = 0).")
 
 
 _register()

@@ -1,5 +1,5 @@
 """Li, Huang, Efimov, Wei, Chi, Chen (ICML 2024), "Accelerating Convergence of Score-Based Diffusion Models,
-Provably": the vanilla and the accelerated DDIM-/DDPM-type samplers in the σ-parameterisation (spec §2.2–2.9).
+Provably": the vanilla and the accelerated DDIM-/DDPM-type samplers in the σ-parameterisation.
 
 Every update acts on the unscaled state z (σ(t)=t, s(t)=1); multiply by sqrt(ᾱ) = (1 + σ²)^{−1/2} for the
 VP state of the paper. With σ the current level, σ' the next and σ⁻ the previous (noisier) one:
@@ -29,7 +29,7 @@ from diffspace.samplers.multistep import afs_denoised, euler_ancestral
 
 
 def _needs_positive_end(run: Run, name: str, form: str) -> None:
-    """Forms A, C, D, F: refuse a grid whose last level is 0 (spec §2.8 edge cases, §4)."""
+    """Forms A, C, D, F: refuse a grid whose last level is 0 (their steps to σ = 0 do not land on D)."""
     if float(run.sigmas[-1]) == 0.0:
         raise ConfigError(
             f"{name} (Li et al. form {form}) needs a grid ending at sigma_min > 0, but this grid ends at 0: its "
@@ -82,7 +82,7 @@ def ddpm_type(model, x, sigmas, *, extra_args=None, callback=None, disable=None,
     """Form C, DDPM-type: Y_{t−1} = (Y_t + (1−α_t)s_t(Y_t) + sqrt(1−α_t)Z_t)/sqrt(α_t). 1 NFE/step.
 
     In z: mean z − (σ² − σ'²)/σ²·(z − D) (the DDPM posterior mean), noise variance (1−α_t)/ᾱ_t = σ² − σ'²
-    (the noise sits inside the 1/sqrt(α_t) factor, as in the authors' README eq. (1)).
+    (the noise sits inside the 1/sqrt(α_t) factor, as in the authors' description of the sampler).
     """
     run = Run(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, dtype=dtype,
               noise=noise, stats=stats)
@@ -109,7 +109,7 @@ def ddpm(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtyp
 @torch.no_grad()
 def accel_sde(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype=None, stats=None,
               noise=None, denoise_to_zero: bool = False):
-    """Form D, accelerated SDE (1 NFE/step): half the noise before the score step, half after (spec §2.3).
+    """Form D, accelerated SDE (1 NFE/step): half the noise before the score step, half after.
 
         z⁺ = z + sqrt((σ² − σ'²)/2)·ξ₁
         z' = z⁺ − (σ² − σ'²)/σ²·(z⁺ − D(z⁺; σ)) + sqrt((σ² − σ'²)(1 + σ'²)/(2(1 + σ²)))·ξ₂
@@ -143,7 +143,7 @@ def _g_minus_atan(g: float) -> float:
 
 
 def accel_coeff(sigma_prev: float, sigma: float, sigma_next: float) -> float:
-    """K_i of form E: [ā_i(σ' − σ) − (arctan σ' − arctan σ)]/(ā_i − ā_{i−1}), ā = 1/(1 + σ²) (spec §2.8 E).
+    """K_i of form E: [ā_i(σ' − σ) − (arctan σ' − arctan σ)]/(ā_i − ā_{i−1}), ā = 1/(1 + σ²).
 
     The exact integral of dz = ε dσ when ε is linear in ā through the last two evaluations; evaluated as
     (g − arctan g) + g·σ(σ' − σ)/(1 + σ²) with g = tan(arctan σ' − arctan σ) = (σ' − σ)/(1 + σσ').
@@ -158,7 +158,7 @@ def accel_coeff(sigma_prev: float, sigma: float, sigma_next: float) -> float:
 @torch.no_grad()
 def accel_ode(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype=None, stats=None,
               afs: bool = False):
-    """Form E, accelerated ODE as in the authors' experiments (README eq. (5)); 1 NFE/step.
+    """Form E, accelerated ODE as in the authors' experiments; 1 NFE/step.
 
         z' = z + (σ' − σ)ε_i + K_i(ε_{i−1} − ε_i),   ε_i = (z_i − D_i)/σ_i,   K_0 = 0  (see `accel_coeff`)
 
@@ -188,7 +188,7 @@ def accel_ode2(model, x, sigmas, *, extra_args=None, callback=None, disable=None
         z' = z − a(z − D) − b(1 + σ²)·((z − D)/σ² − (z⁻ − D(z⁻; σ⁻))/σ⁻²)
         a = (σ² − σ'²)/(2σ²),  b = ((σ² − σ'²)/(1 + σ²))² / (4(σ⁻² − σ²)/(1 + σ⁻²))
 
-    The correction extrapolates the drift to the middle of the step (cf. DPM-Solver-2, spec §2.4a, §2.9).
+    The correction extrapolates the drift to the middle of the step (cf. DPM-Solver-2).
     """
     run = Run(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, dtype=dtype, stats=stats)
     _needs_positive_end(run, "accel_ode2", "F")
@@ -223,14 +223,20 @@ def _nfe_accel_ode2(sigmas: torch.Tensor, denoise_to_zero: bool = False) -> int:
 def _register() -> None:
     from diffspace.samplers.registry import register
 
-    register("ddim_type", ddim_type, _nfe_steps, order=1)
-    register("ddim", ddim, _nfe_steps, order=1)
+    register("ddim_type", ddim_type, _nfe_steps, order=1,
+             summary="Li et al.'s form A is the DDIM-type sampler of their theory (Euler in σ²).")
+    register("ddim", ddim, _nfe_steps, order=1,
+             summary="Li et al.'s form B is exact DDIM, the same map as EDM's Euler.")
     register("ddpm_type", ddpm_type, _nfe_steps, stochastic=True, order=0.5,
-             summary="Form C, DDPM-type (vanilla stochastic sampler of Li et al.)")
-    register("ddpm", ddpm, _nfe_steps, stochastic=True, order=0.5)
-    register("accel_sde", accel_sde, _nfe_steps, stochastic=True, order=1)
-    register("accel_ode", accel_ode, _nfe_steps, order=2)
-    register("accel_ode2", accel_ode2, _nfe_accel_ode2, order=2)
+             summary="Li et al.'s form C is the vanilla DDPM-type stochastic sampler.")
+    register("ddpm", ddpm, _nfe_steps, stochastic=True, order=0.5,
+             summary="Ancestral DDPM samples the Gaussian posterior of each step given the denoiser's estimate.")
+    register("accel_sde", accel_sde, _nfe_steps, stochastic=True, order=1,
+             summary="Li et al.'s form D is their accelerated stochastic sampler (1 NFE per step).")
+    register("accel_ode", accel_ode, _nfe_steps, order=2,
+             summary="Li et al.'s form E is the accelerated two-step ODE sampler of their experiments.")
+    register("accel_ode2", accel_ode2, _nfe_accel_ode2, order=2,
+             summary="Li et al.'s form F is the accelerated ODE sampler of their theory (2 NFE per step).")
 
 
 _register()

@@ -27,6 +27,9 @@ class Sampler:
     summary: str = ""
     options: tuple[str, ...] = field(default=())
 
+    def __repr__(self) -> str:
+        return f"<sampler {self.name!r}: {self.summary}>"
+
     def nfe(self, sigmas, **options) -> int:
         """Denoiser calls on this grid; options that change the count (e.g. afs, denoise_to_zero) pass through."""
         self.check_options(options)
@@ -59,9 +62,16 @@ def register(name: str, fn: Callable, nfe: Callable[[torch.Tensor], int], *, sto
              order: float | None = None, summary: str = "") -> Sampler:
     params = inspect.signature(fn).parameters
     options = tuple(p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in COMMON)
-    entry = Sampler(name, fn, nfe, stochastic, order, summary or (fn.__doc__ or "").strip().split("\n")[0], options)
+    entry = Sampler(name, fn, nfe, stochastic, order, summary or _first_sentence(fn.__doc__ or ""), options)
     _REGISTRY[name] = entry
     return entry
+
+
+def _first_sentence(doc: str) -> str:
+    """The docstring's first sentence (from its first paragraph), ending with a full stop."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].rstrip(".:")
+    return sentence + "." if sentence else ""
 
 
 def get(name: str) -> Sampler:
