@@ -135,6 +135,13 @@ def test_options_are_checked_by_type_and_range(name, options, named):
     assert not calls  # refused before any work
 
 
+def test_check_options_refuses_bad_values_before_any_work():
+    # What `diffspace generate` calls before it creates any folder.
+    with pytest.raises(ConfigError, match="option S_noise=nan is NaN"):
+        samplers.get("edm").check_options({"S_noise": math.nan})
+    assert samplers.get("edm").check_options({"S_churn": 40}) == {"S_churn": 40.0}
+
+
 def test_good_options_pass_and_infinite_defaults_stay_allowed():
     D, x = gmm(), torch.ones(2, 2, dtype=torch.float64)
     sig = grids.edm(4)

@@ -32,20 +32,21 @@ class Sampler:
 
     def nfe(self, sigmas, **options) -> int:
         """Denoiser calls on this grid; options that change the count (e.g. afs, denoise_to_zero) pass through."""
-        self.check_options(options)
-        options = validate(self.name, self.fn, options)
+        options = self.check_options(options)
         params = inspect.signature(self.nfe_fn).parameters
         return int(self.nfe_fn(torch.as_tensor(sigmas), **{k: v for k, v in options.items() if k in params}))
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict) -> dict:
+        """Refuse options this sampler does not take, and values of the wrong type or range, by name; the options
+        with checked types (numbers as int/float)."""
         unknown = sorted(set(options) - set(self.options) - set(COMMON) - {"noise"})
         if unknown:
             known = ", ".join(self.options) or "none"
             raise ConfigError(f"sampler {self.name!r} does not take option(s) {', '.join(unknown)}; it takes: {known}")
+        return validate(self.name, self.fn, options)
 
     def __call__(self, model, x, sigmas, **options):
-        self.check_options(options)
-        options = validate(self.name, self.fn, options)
+        options = self.check_options(options)
         if "noise" in options and "noise" not in self._params:
             options.pop("noise")  # deterministic samplers draw no noise
         return self.fn(model, x, sigmas, **options)
