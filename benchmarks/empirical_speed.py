@@ -51,7 +51,9 @@ def main(argv=None) -> int:
     parser.add_argument("--queries", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7, 3 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "empirical_speed")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="results path without suffix (default benchmarks/results/empirical_speed; --quick writes "
+                             "nothing unless --out is given)")
     args = parser.parse_args(argv)
 
     import torch
@@ -117,14 +119,15 @@ def main(argv=None) -> int:
                      f"{100 * r['share_of_mm64_rate']:18.0f}% {diff:>22s}")
     table = "\n".join(lines)
     print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     command = "python benchmarks/empirical_speed.py" + (" " + " ".join(sys.argv[1:]) if sys.argv[1:] else "")
     info = {"command": command, "n": n, "d": d, "queries": B, "sigma": sigma, "rounds": rounds, "machine": machine,
             "rows": rows}
-    if not args.quick:
-        args.out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
-        args.out.with_suffix(".md").write_text(f"```\n{command}\n\n{table}\n```\n")
-        print(f"wrote {args.out}.json and {args.out}.md")
+    out = args.out or (None if args.quick else Path(__file__).parent / "results" / "empirical_speed")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+        out.with_suffix(".md").write_text(f"```\n{command}\n\n{table}\n```\n")
+        print(f"wrote {out}.json and {out}.md")
     return 0
 
 
