@@ -28,7 +28,9 @@ class Empirical(_Analytic):
     of `chunk_size` rows (running max and running weighted sum; default: about 32 MB of float64 per chunk), so
     working memory is O(block·chunk_size + chunk_size·d) whatever the dataset size. `data` may be a tensor, a
     numpy array or a numpy memmap of shape [K, *event_shape]; it is read chunk by chunk, never copied whole.
-    Results have the dtype of the input x (computed in float64 throughout).
+    Results have the dtype of the input x (computed in float64 throughout). Queries are processed in blocks of
+    `block` rows (a batch of 1 costs as much as a batch of `block`); the chunk buffer is kept between calls,
+    so one instance should not be called from several threads at once.
     """
 
     dtype = torch.float64  # samplers call it in float64 (see diffspace.samplers.base.model_dtype)
