@@ -17,7 +17,8 @@ from diffspace.errors import ConfigError
 
 from .problems_fixture import gmm
 
-POSITIVE_END = {"ddim_type", "ddpm_type", "accel_sde", "accel_ode2"}
+# Samplers that stop at σ_min > 0 (Li et al.'s forms A, C, D, F) are the ones with a denoise_to_zero option.
+POSITIVE_END = {n for n in samplers.names() if "denoise_to_zero" in samplers.get(n).options}
 
 
 class Denoiser32(nn.Module):
