@@ -30,7 +30,7 @@ import torch
 from diffspace.errors import ConfigError
 
 __all__ = ["GRID_TYPES", "Generated", "MicroBatched", "check_class", "check_sampler", "default_micro_batch",
-           "generate", "image_shape", "load", "needs_positive_end", "noise_levels", "parse_options", "sample", "shard",
+           "generate", "image_shape", "load", "needs_positive_end", "noise_levels", "sample", "shard",
            "tile", "to_uint8"]
 
 GRID_TYPES = ("edm", "vp", "ve", "iddpm", "exponential", "li")
@@ -89,33 +89,6 @@ def check_class(net, class_idx: int | None) -> None:
         raise ConfigError(f"--class {class_idx}: this network is unconditional; drop --class")
     if not 0 <= class_idx < label_dim:
         raise ConfigError(f"--class {class_idx} is out of range: this network has classes 0..{label_dim - 1}")
-
-
-def parse_options(items: Sequence[str]) -> dict:
-    """['S_churn=40', 'afs=true', 'solver_type=heun'] -> {'S_churn': 40, 'afs': True, 'solver_type': 'heun'}."""
-    out: dict = {}
-    for item in items:
-        key, sep, text = str(item).partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--opt {item!r} is not key=value: use e.g. --opt S_churn=40")
-        out[key.strip()] = _parse_value(text.strip())
-    return out
-
-
-def _parse_value(text: str):
-    lower = text.lower()
-    if lower in ("true", "yes", "on"):
-        return True
-    if lower in ("false", "no", "off"):
-        return False
-    if lower in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 # ---------------------------------------------------------------------------------------------------------------

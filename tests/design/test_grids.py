@@ -52,6 +52,23 @@ def test_iddpm_table_constants():
     assert torch.equal(full, u[8:1000])
 
 
+@pytest.mark.parametrize("n", [59, 99, 103])
+def test_iddpm_index_rounds_like_edm_at_floating_point_ties(n):
+    # Default range: 992 levels u_8..u_999. The middle step i = (N−1)/2 sits at 991·i/(N−1) = 495.5 exactly, but
+    # EDM computes (991/(N−1))·i in float64, which gives 495.49999999999994 for these N, and rounds half to even:
+    # index 495 (the paper's ⌊x + ½⌋ on the exact value would give 496).
+    u = grids.iddpm_table()
+    mid = (n - 1) // 2
+    assert (991 / (n - 1)) * mid == 495.49999999999994
+    got = grids.iddpm(n, append_zero=False)
+    assert got[mid] == u[8 + 495] and got[mid] != u[8 + 496]
+    # Every index against numpy's half-to-even rounding of EDM's expression.
+    import numpy as np
+
+    idx = np.round((991 / (n - 1)) * np.arange(n)).astype(np.int64)
+    assert torch.equal(got, u[8:1000][torch.from_numpy(idx)])
+
+
 def test_vp_ve_exponential_closed_forms():
     vp = grids.vp(2, append_zero=False)
     # σ_VP(1) and σ_VP(1e-3) from spec §1.2 derived constants.

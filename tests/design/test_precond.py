@@ -1,6 +1,5 @@
 """Preconditioning coefficients of Table 1 and the variance identities of spec §5 item 4(d)."""
 
-import math
 
 import torch
 from torch import nn
@@ -61,21 +60,25 @@ def test_iddpm_round_sigma_and_channels():
 
 
 def test_edm_variance_identities_on_real_data():
-    # §5 item 4(d): with σ_data = std(y), Var[c_in(y+n)] = 1 and Var[(y − c_skip(y+n))/c_out] = 1 for all σ.
+    # With σ_data = std(y), EDM's coefficients make Var[c_in(y+n)] = 1 and Var[(y − c_skip(y+n))/c_out] = 1 for
+    # every σ (the paper's Appendix B.6). Checked with the library's own coefficients on real data.
     from sklearn.datasets import load_digits
 
     y = torch.as_tensor(load_digits().data, dtype=torch.float64) / 8 - 1  # 1797×64 in [−1, 1]
     y = y - y.mean()
     sd = float(y.std())
+    net = EDMPrecond(Probe(), sigma_data=sd)
     g = torch.Generator().manual_seed(0)
     for sigma in (0.01, 0.5, 3.0, 80.0):
         n = torch.randn(y.shape, generator=g, dtype=torch.float64) * sigma
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / math.sqrt(sigma**2 + sd**2)
-        c_in = 1 / math.sqrt(sigma**2 + sd**2)
+        c_skip, c_out, c_in, _ = (float(c) for c in net.coefficients(torch.tensor(sigma, dtype=torch.float64)))
         # 115k elements: the sample variance has relative standard error ≈ sqrt(2/115k) ≈ 0.4 %; allow 3 %.
         assert abs(float((c_in * (y + n)).var()) - 1) < 0.03
         assert abs(float(((y - c_skip * (y + n)) / c_out).var()) - 1) < 0.03
+    # A wrong σ_data (2×) breaks the identity at small σ: the test can fail.
+    c_skip, c_out, c_in, _ = (float(c) for c in EDMPrecond(Probe(), sigma_data=2 * sd).coefficients(
+        torch.tensor(0.01, dtype=torch.float64)))
+    assert abs(float((c_in * y).var()) - 1) > 0.5
 
 
 def test_labels_reshaped_and_dropped():

@@ -149,6 +149,37 @@ def test_seeds_give_bit_identical_samples_for_any_batch_size():
         assert torch.equal(parts, full)
 
 
+def test_heun_alpha_family_single_steps():
+    # 1-D Gaussian N(m, v): D(z; σ) = m + v/(v + σ²)(z − m). One step of EDM's α-family from σ to σ' (not 0):
+    # x' = x + h((1 − 1/(2α))d + d_α/(2α)), d_α the slope at (σ + αh, x + αh·d); α = ½ is the midpoint rule.
+    m, v, z, s, s1 = 0.7, 0.3, 3.0, 2.0, 0.5
+    D = GaussianMixture([1.0], [[m]], [[v]])
+
+    def slope(z, s):
+        return (z - (m + v / (v + s * s) * (z - m))) / s
+
+    h = s1 - s
+    for alpha in (0.5, 0.75):
+        zm, sm = z + alpha * h * slope(z, s), s + alpha * h
+        want = z + h * ((1 - 1 / (2 * alpha)) * slope(z, s) + slope(zm, sm) / (2 * alpha))
+        got = float(samplers.heun(D, torch.tensor([[z]], dtype=torch.float64), torch.tensor([s, s1]), alpha=alpha))
+        assert abs(got - want) < 1e-14, alpha
+    # Midpoint and Heun differ at second order in h: both are O(h³) per step, so their difference is not 0.
+    heun1 = float(samplers.heun(D, torch.tensor([[z]], dtype=torch.float64), torch.tensor([s, s1])))
+    assert abs(heun1 - got) > 1e-4
+
+
+def test_vp_discretisation_default_sigma_min_follows_epsilon_s():
+    # EDM: σ_min = σ_VP(ε_s) with β_d = 19.9, β_min = 0.1, i.e. sqrt(exp(½β_d ε_s² + β_min ε_s) − 1).
+    D = gmm()
+    for eps in (1e-3, 1e-2):
+        seen = []
+        samplers.ablation(D, torch.zeros(1, 2, dtype=torch.float64), num_steps=5, discretization="vp",
+                          epsilon_s=eps, solver="euler", callback=seen.append)
+        want = math.sqrt(math.exp(0.5 * 19.9 * eps**2 + 0.1 * eps) - 1)
+        assert abs(float(seen[-1]["sigma"]) - want) < 1e-12 * want, (eps, float(seen[-1]["sigma"]), want)
+
+
 def test_float32_state_on_request():
     D = gmm()
     x = torch.randn(3, 2, dtype=torch.float64) * 80

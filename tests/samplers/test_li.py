@@ -85,16 +85,16 @@ def test_forms_needing_sigma_min_refuse_grids_ending_at_zero(name, form):
     assert torch.equal(out, G(seen[-1]["x"], sig[-1]))
 
 
-def test_ddim_is_edm_euler_and_ddpm_is_euler_ancestral():
-    D2 = GaussianMixture([1.0, 2.0], [[0.0, 1.0], [1.5, -1.0]], [[0.2, 0.1], [0.05, 0.3]])
-    sig = grids.edm(12)
-    x = samplers.StackedRandom(range(6)).randn([2], dtype=torch.float64) * sig[0]
-    assert torch.equal(samplers.get("ddim")(D2, x, sig), samplers.euler(D2, x, sig))
-    # Ancestral DDPM (posterior sampling) and Euler ancestral with eta=1 are the same map: D + (σ'²/σ²)(x − D)
-    # plus noise of std σ'·sqrt(1 − σ'²/σ²) (k-diffusion's σ_down² = σ'⁴/σ²).
-    a = samplers.get("ddpm")(D2, x, sig, noise=samplers.StackedRandom(range(6)))
-    b = samplers.get("euler_ancestral")(D2, x, sig, noise=samplers.StackedRandom(range(6)))
-    assert (a - b).abs().max() < 1e-12
+def test_ddim_and_ddpm_two_steps_against_closed_forms():
+    # DDIM: z' = (σ'/σ)z + (1 − σ'/σ)D(z; σ). Ancestral DDPM: z' = D + (σ'²/σ²)(z − D) + σ'·sqrt(1 − σ'²/σ²)·ξ,
+    # the mean and standard deviation of the Gaussian posterior of z' given z and y = D (hand-derived).
+    z0, s0, s1, s2, xi1, xi2 = 4.0, 3.0, 1.2, 0.4, 0.7, -0.3
+    z1 = s1 / s0 * z0 + (1 - s1 / s0) * D(z0, s0)
+    z2 = s2 / s1 * z1 + (1 - s2 / s1) * D(z1, s1)
+    assert abs(run("ddim", z0, [s0, s1, s2]) - z2) < 1e-14
+    z1 = D(z0, s0) + s1**2 / s0**2 * (z0 - D(z0, s0)) + s1 * math.sqrt(1 - s1**2 / s0**2) * xi1
+    z2 = D(z1, s1) + s2**2 / s1**2 * (z1 - D(z1, s1)) + s2 * math.sqrt(1 - s2**2 / s1**2) * xi2
+    assert abs(run("ddpm", z0, [s0, s1, s2], noise=FixedNoise(xi1, xi2)) - z2) < 1e-14
 
 
 # ---- one step, closed forms on the Gaussian (hand-derived: D is affine, so each step is a scalar map) ------

@@ -125,13 +125,15 @@ def test_euler_ancestral_and_dpmpp_2m_sde_steps():
 
 
 def test_limits_of_the_stochastic_samplers():
-    D2 = GaussianMixture([1.0, 2.0], [[0.0, 1.0], [1.5, -1.0]], [[0.2, 0.1], [0.05, 0.3]])
-    sig = grids.edm(10)
-    x = samplers.StackedRandom(range(4)).randn([2], dtype=torch.float64) * 80
-    # eta = 0 removes all noise: Euler ancestral is Euler, DPM-Solver++(2M) SDE is DPM-Solver++(2M).
-    assert (samplers.get("euler_ancestral")(D2, x, sig, eta=0.0) - samplers.euler(D2, x, sig)).abs().max() < 1e-12
-    assert (samplers.get("dpmpp_2m_sde")(D2, x, sig, eta=0.0) - samplers.get("dpmpp_2m")(D2, x, sig)).abs().max() \
-        < 1e-12
+    # eta = 0 removes all noise. Euler ancestral is then an Euler step; DPM-Solver++(2M) SDE's first step is
+    # x' = (σ'/σ)x + (1 − σ'/σ)D and its second adds ½(1 − σ''/σ')(D_1 − D_0)/r, r = log(σ/σ')/log(σ'/σ'')
+    # (hand-derived from the update with η = 0: e^{−ηh} = 1, 1 − e^{−h} = 1 − σ'/σ).
+    z0, s0, s1, s2 = 2.5, 2.0, 0.8, 0.3
+    z1 = s1 / s0 * z0 + (1 - s1 / s0) * D(z0, s0)
+    assert abs(run("euler_ancestral", z0, [s0, s1], eta=0.0) - z1) < 1e-14
+    r = math.log(s0 / s1) / math.log(s1 / s2)
+    z2 = s2 / s1 * z1 + (1 - s2 / s1) * D(z1, s1) + 0.5 * (1 - s2 / s1) * (D(z1, s1) - D(z0, s0)) / r
+    assert abs(run("dpmpp_2m_sde", z0, [s0, s1, s2], eta=0.0) - z2) < 1e-14
 
 
 # ---- orders -------------------------------------------------------------------------------------------------

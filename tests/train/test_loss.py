@@ -43,6 +43,10 @@ def test_vp_sigma_is_schedule_of_uniform_t():
     assert abs(t.mean() - (1 + 1e-5) / 2) < 5 * math.sqrt(1 / 12 / N)
     # Table-1 range: σ(ε_t = 1e-5) = 0.0010005 ... σ(1) = 152.167 (spec §1.2 derived constants).
     assert s.min() > 0.00100 and s.max() < 152.2
+    # The lower end is ε_t = 1e-5: P(t < 1e-3) = (1e-3 − 1e-5)/(1 − 1e-5) ≈ 9.9e-4, about 198 of N samples
+    # (binomial SD 14; ±5 SD). With ε_t = 1e-3 there would be none.
+    p = (1e-3 - 1e-5) / (1 - 1e-5)
+    assert abs(int((t < 1e-3).sum()) - N * p) < 5 * math.sqrt(N * p * (1 - p))
 
 
 def test_edm_weight_is_inverse_c_out_squared():

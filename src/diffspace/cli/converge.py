@@ -57,27 +57,23 @@ def _ints(text: str, what: str) -> list[int]:
     return values
 
 
-def _value(text: str):
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for cast in (int, float):
-        try:
-            return cast(text)
-        except ValueError:
-            pass
-    return text
-
-
-def _options(items: list[str], afs: bool) -> dict:
+def _options(items: list[str], afs: bool, names: list[str]) -> dict:
+    """--option [SAMPLER.]KEY=VALUE items, each typed and checked with the first selected sampler that takes KEY."""
     from diffspace.errors import ConfigError
+    from diffspace.samplers import options, registry
 
     out = {}
     for item in items:
         key, sep, value = item.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key:
             raise ConfigError(f"--option {item!r} must look like KEY=VALUE or SAMPLER.KEY=VALUE")
-        out[key.strip()] = _value(value.strip())
+        name, _, opt = key.rpartition(".")
+        takers = [registry.get(n) for n in ([name] if name else names)]
+        entry = next((e for e in takers if opt in e.options), None)
+        if entry is None:
+            raise ConfigError(f"--option {key}: no selected sampler takes option {opt!r}")
+        out[key] = options.parse(entry.name, entry.fn, [f"{opt}={value}"], entry.options)[opt]
     if afs:
         out["afs"] = True
     return out
@@ -177,7 +173,7 @@ def run(args) -> int:
     start = time.perf_counter()
     result = converge.measure(problem, names, steps=steps, nfe=nfe, grid=args.grid, rho=args.rho,
                               to_zero=args.to_zero, batch=args.batch, samples=args.samples, seed=args.seed,
-                              options=_options(args.option, args.afs), log=log)
+                              options=_options(args.option, args.afs, names), log=log)
     seconds = time.perf_counter() - start
     command = _command(args)
     table = converge.format_table(result)

@@ -126,10 +126,10 @@ def resolve_sampler(args: argparse.Namespace) -> tuple[str, str]:
 def sampler_options(args: argparse.Namespace, sampler: str | None = None) -> dict:
     """--opt pairs, the EDM S_* flags under the sampler's own names and the Table-1 flags (solver, schedule,
     scaling) for the 'ablation' sampler."""
-    from diffspace.generate import parse_options
+    from diffspace.samplers import parse_options
 
     sampler = sampler or args.sampler or "edm"
-    options = parse_options(args.opt)
+    options = parse_options(sampler, args.opt)  # typed and checked with the sampler's own options
     rename = {"S_min": "S_tmin", "S_max": "S_tmax"} if sampler != "ablation" else {}
     for name, _ in _S_FLAGS:
         value = getattr(args, name)

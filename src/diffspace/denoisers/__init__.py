@@ -1,5 +1,6 @@
 """Denoisers D(x; σ): exact ones for known data, and the Denoiser contract."""
 
-from diffspace.denoisers.analytic import Empirical, Gaussian, GaussianMixture
+from diffspace.denoisers.analytic import Gaussian, GaussianMixture
+from diffspace.denoisers.empirical import Empirical
 
 __all__ = ["Empirical", "Gaussian", "GaussianMixture"]

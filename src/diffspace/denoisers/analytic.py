@@ -14,7 +14,7 @@ import torch
 
 from diffspace.errors import ConfigError
 
-__all__ = ["Gaussian", "GaussianMixture", "Empirical"]
+__all__ = ["Gaussian", "GaussianMixture"]
 
 
 def _rowwise(a: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -40,6 +40,7 @@ class _Analytic:
 
     sigma_min = 0.0
     sigma_max = float("inf")
+    dtype = torch.float64  # samplers call the exact denoisers in float64 (diffspace.samplers.base.model_dtype)
 
     def __init__(self, event_shape: Sequence[int]):
         self.event_shape = tuple(int(s) for s in event_shape)
@@ -82,6 +83,10 @@ class GaussianMixture(_Analytic):
         K = means.shape[0]
         super().__init__(means.shape[1:])
         d = self.dim
+        for name, value in (("weights", weights), ("means", means), ("covs", covs)):
+            if not torch.isfinite(value).all():
+                bad = value.flatten()[~torch.isfinite(value.flatten())][0].item()
+                raise ConfigError(f"GaussianMixture {name} contain {bad}: every value must be finite")
         if weights.numel() != K or (weights < 0).any() or not weights.sum() > 0:
             raise ConfigError(f"weights must be {K} non-negative numbers with a positive sum, got {weights.tolist()}")
         self.weights = weights / weights.sum()
@@ -197,59 +202,3 @@ class Gaussian(GaussianMixture):
         if self.eigvecs is None:
             return torch.diag(self.eigvals[0])
         return self.eigvecs[0] @ torch.diag(self.eigvals[0]) @ self.eigvecs[0].T
-
-
-class Empirical(_Analytic):
-    """Optimal denoiser of a finite dataset {y_k}: D(x; σ) = Σ_k softmax_k(−‖x − y_k‖²/(2σ²)) y_k.
-
-    Identical to one Gaussian mean-shift step with bandwidth σ (Chen et al. 2023). The softmax is streamed over the data
-    in chunks of `chunk_size` rows (running max and running weighted sum, float64 logits from direct
-    differences), so working memory is O(B·chunk_size + B·d) whatever the dataset size. `data` may be a tensor,
-    a numpy array or a numpy memmap of shape [K, *event_shape]; it is read chunk by chunk, never copied whole.
-    """
-
-    def __init__(self, data, chunk_size: int = 2048):
-        if len(data) == 0:
-            raise ConfigError("Empirical needs at least one data point")
-        super().__init__(tuple(data.shape[1:]))
-        self.data = data
-        self.chunk_size = int(chunk_size)
-
-    def __len__(self) -> int:
-        return len(self.data)
-
-    def _chunks(self, device):
-        for start in range(0, len(self.data), self.chunk_size):
-            chunk = self.data[start : start + self.chunk_size]
-            chunk = torch.as_tensor(np.asarray(chunk) if not isinstance(chunk, torch.Tensor) else chunk)
-            yield chunk.reshape(chunk.shape[0], self.dim).to(device=device, dtype=torch.float64)
-
-    def _stream(self, x: torch.Tensor, sigma: torch.Tensor, want_mean: bool = True):
-        """Running (logsumexp of logits, softmax-weighted mean) over the data."""
-        running_max = torch.full((x.shape[0], 1), -math.inf, dtype=torch.float64, device=x.device)
-        total = torch.zeros((x.shape[0], 1), dtype=torch.float64, device=x.device)
-        acc = torch.zeros_like(x) if want_mean else None
-        inv = 1 / (2 * sigma**2)
-        for y in self._chunks(x.device):
-            dist = torch.cdist(x, y, compute_mode="donot_use_mm_for_euclid_dist")
-            logits = -(dist**2) * inv  # [B, m]
-            new_max = torch.maximum(running_max, logits.max(dim=1, keepdim=True).values)
-            scale = torch.exp(running_max - new_max)
-            p = torch.exp(logits - new_max)
-            total = total * scale + p.sum(1, keepdim=True)
-            if acc is not None:
-                acc = acc * scale + _rowwise(p, y)
-            running_max = new_max
-        return running_max + total.log(), (acc / total if acc is not None else None)
-
-    def _denoise(self, x, sigma):
-        if (sigma == 0).any():
-            raise ConfigError("Empirical denoiser needs sigma > 0 (at sigma = 0 it is the nearest data point)")
-        return self._stream(x, sigma)[1]
-
-    def log_prob(self, x: torch.Tensor, sigma) -> torch.Tensor:
-        """log of the Gaussian KDE p(x; σ) = (1/K) Σ_k N(x; y_k, σ²I), per sample [B]."""
-        flat = self._flat(x)
-        s = _sigma_column(sigma, flat)
-        lse, _ = self._stream(flat, s, want_mean=False)
-        return lse[:, 0] - math.log(len(self)) - 0.5 * self.dim * torch.log(2 * math.pi * s[:, 0] ** 2)

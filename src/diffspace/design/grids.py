@@ -1,4 +1,4 @@
-"""Noise-level grids σ_0 > σ_1 > … > σ_{N−1} (> σ_N = 0) of EDM's Table 1 and its code.
+"""Noise-level grids σ_0 > σ_1 > … > σ_{N−1} (> σ_N = 0) of EDM's Table 1 and of Li et al. (2024).
 
 Every grid is a pure function returning a float64 tensor of noise levels (σ, not t), ending with 0 unless
 `append_zero=False`. Samplers take these directly; the Table-1 sampler maps them to t with σ⁻¹.
@@ -61,7 +61,7 @@ def ve(n: int, sigma_min: float = 0.02, sigma_max: float = 100.0, append_zero: b
 
 def vp(n: int, sigma_min: float | None = None, sigma_max: float | None = None, epsilon_s: float = 1e-3,
        beta_d: float = 19.9, beta_min: float = 0.1, append_zero: bool = True) -> torch.Tensor:
-    """VP grid: t_i = 1 + i/(N−1)(ε_s − 1), σ_i = σ_VP(t_i) with β refitted to [sigma_min, sigma_max] (§1.5).
+    """VP grid: t_i = 1 + i/(N−1)(ε_s − 1), σ_i = σ_VP(t_i) with β refitted to [sigma_min, sigma_max].
 
     Defaults: sigma_min = σ_VP(ε_s) ≈ 0.010486, sigma_max = σ_VP(1) ≈ 152.167 for β_d=19.9, β_min=0.1.
     """
@@ -94,15 +94,17 @@ def iddpm(n: int, sigma_min: float = 0.002, sigma_max: float = 81.0, M: int = 10
           C2: float = 0.008, append_zero: bool = True) -> torch.Tensor:
     """iDDPM grid: the u_j in [sigma_min, sigma_max] (j = j0..M−1), N of them picked evenly (Table 1).
 
-    Index i picks u_{⌊j0 + (M−1−j0)/(N−1)·i + ½⌋} (the paper's rounding; EDM's code rounds half to even, which
-    differs only at exact .5 ties — none occur for the default range).
+    Index i picks u_j with j = j0 + (M−1−j0)/(N−1)·i rounded to the nearest integer, ties to even, as EDM's code
+    does (the paper writes ⌊· + ½⌋). In floating point some step counts hit exact .5 ties (with the default
+    range, e.g. N = 59, 99, 103), where the two roundings pick neighbouring levels.
     """
     _check_range(n, sigma_min, sigma_max)
     u = iddpm_table(M, C1, C2)
     kept = u[(u >= sigma_min) & (u <= sigma_max)]
     if len(kept) < n:
         raise ConfigError(f"only {len(kept)} iDDPM levels lie in [{sigma_min}, {sigma_max}]; use steps <= {len(kept)}")
-    idx = torch.floor((len(kept) - 1) * _fraction(n) + 0.5).to(torch.int64)
+    step = (len(kept) - 1) / max(n - 1, 1) * torch.arange(n, dtype=torch.float64)  # EDM's order of operations
+    idx = torch.round(step).to(torch.int64)  # half to even, like EDM
     return _finish(kept[idx], append_zero)
 
 

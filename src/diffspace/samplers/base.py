@@ -17,16 +17,66 @@ def state_dtype(x: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     return torch.float32 if x.device.type == "mps" else torch.float64
 
 
+def check_latents(x, what: str = "x") -> torch.Tensor:
+    """x must be a batched floating-point tensor (integer or bool latents would give integer results)."""
+    if not isinstance(x, torch.Tensor) or x.ndim < 1:
+        raise ConfigError(f"{what} must be a batched tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise ConfigError(f"{what} has dtype {x.dtype}: latents must be floating point (e.g. {what}.float())")
+    return x
+
+
+def model_dtype(model, x: torch.Tensor) -> torch.dtype:
+    """The dtype a sampler calls `model` in (the state stays float64 and results are cast back to it):
+
+    1. the model's own `dtype` attribute when it is a floating torch dtype (diffusers models, and the exact
+       denoisers of diffspace.denoisers, which declare float64);
+    2. otherwise, for a torch module, the dtype of its first floating-point parameter (a float32 network is
+       called in float32, a float16 one in float16, whatever the caller's x);
+    3. otherwise the dtype of the x the caller passed (a plain function gets what the caller gave).
+    """
+    declared = getattr(model, "dtype", None)
+    if isinstance(declared, torch.dtype) and declared.is_floating_point:
+        return declared
+    if isinstance(model, torch.nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return x.dtype
+
+
+def call_model(model, x: torch.Tensor, sigma: torch.Tensor, *, call_dtype: torch.dtype, out_dtype: torch.dtype,
+               extra_args: dict, step: int, sigma_shown=None) -> torch.Tensor:
+    """model(x, sigma) in `call_dtype`, checked (a tensor of x's shape, floating point, finite), in `out_dtype`."""
+    out = model(x.to(call_dtype), sigma.to(call_dtype), **extra_args)
+    if not isinstance(out, torch.Tensor):
+        raise ConfigError(f"denoiser returned a {type(out).__name__}, not a tensor: it must return D(x; sigma) "
+                          f"as a tensor of shape {tuple(x.shape)}")
+    if out.shape != x.shape:
+        raise ConfigError(f"denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}: "
+                          "latents must have the shape the denoiser expects")
+    if not out.is_floating_point():
+        raise ConfigError(f"denoiser returned dtype {out.dtype}: it must return floating-point values")
+    if not torch.isfinite(out).all():
+        shown = float(sigma.flatten()[0] if sigma_shown is None else sigma_shown)
+        raise NumericalError(f"denoiser returned NaN/Inf at step {step} (sigma={shown:.6g}); "
+                             "check the network/checkpoint or raise sigma_min")
+    return out.to(out_dtype)
+
+
 class Run:
     """Book-keeping of one sampler call: denoiser calls (checked and counted), progress and callback."""
 
     def __init__(self, model, x: torch.Tensor, sigmas: torch.Tensor, *, extra_args=None, callback=None,
                  disable=None, dtype=None, noise=None, stats: dict | None = None):
-        if not isinstance(x, torch.Tensor) or x.ndim < 1:
-            raise ConfigError(f"x must be a batched tensor, got {type(x).__name__}")
+        check_latents(x)
+        if extra_args is not None and not isinstance(extra_args, dict):
+            raise ConfigError(f"extra_args must be a dict of keyword arguments for the model, got "
+                              f"{type(extra_args).__name__}")
         self.model = model
         self.dtype = state_dtype(x, dtype)
         self.out_dtype = x.dtype
+        self.call_dtype = model_dtype(model, x)
         self.x = x.to(self.dtype)
         self.sigmas = check(torch.as_tensor(sigmas)).to(device=x.device, dtype=self.dtype)
         self.extra_args = extra_args or {}
@@ -52,17 +102,13 @@ class Run:
         return trange(self.steps, disable=self.disable)
 
     def denoise(self, x: torch.Tensor, sigma, i: int) -> torch.Tensor:
-        """D(x; σ) in the state precision; NaN/Inf stops with the step and σ named."""
+        """D(x; σ), called in the model's dtype (`model_dtype`) and returned in the state precision; a wrong
+        shape or dtype is a ConfigError, NaN/Inf a NumericalError naming the step and σ."""
         sigma = torch.as_tensor(sigma, dtype=self.dtype, device=x.device)
-        out = self.model(x, sigma * self.s_in, **self.extra_args)
+        out = call_model(self.model, x, sigma * self.s_in, call_dtype=self.call_dtype, out_dtype=self.dtype,
+                         extra_args=self.extra_args, step=i)
         self.nfe += 1
-        if out.shape != x.shape:
-            raise ConfigError(f"denoiser returned shape {tuple(out.shape)} for input {tuple(x.shape)}: "
-                              "latents must have the shape the denoiser expects")
-        if not torch.isfinite(out).all():
-            raise NumericalError(f"denoiser returned NaN/Inf at step {i} (sigma={float(sigma):.6g}); "
-                                 "check the network/checkpoint or raise sigma_min")
-        return out.to(self.dtype)
+        return out
 
     def randn_like(self, x: torch.Tensor) -> torch.Tensor:
         return self.noise.randn_like(x).to(x.dtype) if self.noise is not None else torch.randn_like(x)

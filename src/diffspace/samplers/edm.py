@@ -1,5 +1,6 @@
 """EDM's samplers (Karras et al. 2022): Euler, Heun (Algorithm 1), stochastic churn (Algorithm 2) and the
-Table-1 sampler for any σ(t), s(t) and grid. Names follow the paper: t_hat, x_hat, d_cur, d_prime.
+Table-1 sampler for any σ(t), s(t) and grid (the paper's Section 3 and Appendix C). Names follow the paper:
+t_hat, x_hat, d_cur, d_prime.
 """
 
 from __future__ import annotations
@@ -8,13 +9,14 @@ import torch
 
 from diffspace.design import grids
 from diffspace.design.schedules import VPSchedule, get_scaling, get_schedule
-from diffspace.errors import ConfigError, NumericalError
-from diffspace.samplers.base import SQRT2_MINUS_1, Run, euler_step, to_d
+from diffspace.errors import ConfigError
+from diffspace.samplers.base import SQRT2_MINUS_1, Run, call_model, check_latents, euler_step, model_dtype, to_d
+from diffspace.samplers.options import validate
 
 
 @torch.no_grad()
 def euler(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype=None, stats=None):
-    """Euler on the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (DDIM). 1 NFE per step."""
+    """Euler steps the probability-flow ODE dx/dσ = (x − D(x; σ))/σ (DDIM), with 1 NFE per step."""
     run = Run(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, dtype=dtype, stats=stats)
     x, sigmas = run.x, run.sigmas
     for i in run.indices():
@@ -27,7 +29,10 @@ def euler(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dty
 @torch.no_grad()
 def heun(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype=None, stats=None,
          alpha: float = 1.0):
-    """Algorithm 1: 2nd-order Runge–Kutta (α=1 Heun, α=½ midpoint); the step to σ=0 is Euler. NFE 2N−1."""
+    """Algorithm 1 takes 2nd-order Runge–Kutta steps (α=1 Heun, α=½ midpoint), with Euler on the step to σ=0.
+
+    NFE 2N − 1 on a grid ending at 0.
+    """
     if not 0 < alpha <= 1:
         raise ConfigError(f"alpha={alpha} must lie in (0, 1] (1 = Heun, 0.5 = midpoint)")
     run = Run(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, dtype=dtype, stats=stats)
@@ -55,7 +60,7 @@ def _rk2(run: Run, x_hat, t_hat, t_next, denoised, alpha: float, i: int):
 @torch.no_grad()
 def edm(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype=None, stats=None, noise=None,
         S_churn: float = 0.0, S_tmin: float = 0.0, S_tmax: float = float("inf"), S_noise: float = 1.0):
-    """Algorithm 2: Heun with stochastic churn γ_i = min(S_churn/N, √2−1) on S_tmin ≤ σ_i ≤ S_tmax.
+    """Algorithm 2 is Heun with stochastic churn γ_i = min(S_churn/N, √2−1) on S_tmin ≤ σ_i ≤ S_tmax.
 
     Noise is added *before* the denoiser is evaluated at t̂ = t + γt (t̂ ≤ √2·t). With S_churn = 0 it is
     Algorithm 1. As in EDM, a noise draw is made at every step once S_churn > 0 (same per-seed RNG stream).
@@ -83,7 +88,7 @@ def edm(model, x, sigmas, *, extra_args=None, callback=None, disable=None, dtype
     return run.done(x)
 
 
-# Default σ range of each Table-1 discretisation (EDM's ablation_sampler).
+# Default σ range of each Table-1 discretisation (EDM's ablation_sampler); the VP one depends on epsilon_s.
 _VP_DEFAULT = VPSchedule()
 DISC_DEFAULTS = {
     "vp": (float(_VP_DEFAULT.sigma(1e-3)), float(_VP_DEFAULT.sigma(1.0))),
@@ -92,6 +97,16 @@ DISC_DEFAULTS = {
     "edm": (0.002, 80.0),
 }
 SOLVERS = ("euler", "heun")
+# Options of `ablation` that `diffspace generate` sets from its own flags (not through --opt).
+ABLATION_FIXED = ("class_labels", "noise", "callback", "stats", "extra_args", "dtype", "num_steps", "sigma_min",
+                  "sigma_max", "rho", "discretization")
+
+
+def default_sigma_range(discretization: str, epsilon_s: float = 1e-3) -> tuple[float, float]:
+    """EDM's default (σ_min, σ_max) of a discretisation; for 'vp' σ_min = σ_VP(ε_s) with β_d=19.9, β_min=0.1."""
+    if discretization == "vp":
+        return float(_VP_DEFAULT.sigma(epsilon_s)), float(_VP_DEFAULT.sigma(1.0))
+    return DISC_DEFAULTS[discretization]
 
 
 @torch.no_grad()
@@ -101,10 +116,17 @@ def ablation(net, latents: torch.Tensor, *, class_labels=None, num_steps: int = 
              C_2: float = 0.008, M: int = 1000, alpha: float = 1.0, S_churn: float = 0.0, S_min: float = 0.0,
              S_max: float = float("inf"), S_noise: float = 1.0, noise=None, callback=None, dtype=None,
              stats: dict | None = None, extra_args: dict | None = None) -> torch.Tensor:
-    """The Table-1 sampler (Algorithms 1 and 2 for any σ(t), s(t), grid), with EDM's ablation_sampler options.
+    """The Table-1 sampler runs Algorithms 1 and 2 for any σ(t), s(t) and grid, with EDM's ablation options.
 
-    `latents` are unit-variance; the result is the final x (s(0)·y space, i.e. data space for t_N = 0).
+    `latents` are unit-variance; the result is the final x (s(0)·y space, i.e. data space for t_N = 0) in the
+    state precision (float64 unless `dtype`), as EDM's ablation_sampler returns it. The model is called in
+    the dtype `model_dtype` picks and its results are cast back, as in every sampler.
     """
+    validate("ablation", ablation, dict(
+        num_steps=num_steps, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, solver=solver,
+        discretization=discretization, schedule=schedule, scaling=scaling, epsilon_s=epsilon_s, C_1=C_1, C_2=C_2,
+        M=M, alpha=alpha, S_churn=S_churn, S_min=S_min, S_max=S_max, S_noise=S_noise, dtype=dtype))
+    check_latents(latents, "latents")
     if solver not in SOLVERS:
         raise ConfigError(f"unknown solver {solver!r}: choose one of {', '.join(SOLVERS)}")
     if discretization not in DISC_DEFAULTS:
@@ -112,7 +134,7 @@ def ablation(net, latents: torch.Tensor, *, class_labels=None, num_steps: int = 
     if not 0 < alpha <= 1:
         raise ConfigError(f"alpha={alpha} must lie in (0, 1]")
     dtype = dtype or torch.float64
-    lo, hi = DISC_DEFAULTS[discretization]
+    lo, hi = default_sigma_range(discretization, epsilon_s)
     sigma_min = lo if sigma_min is None else sigma_min
     sigma_max = hi if sigma_max is None else sigma_max
     sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))  # Respect the network's σ range.
@@ -143,13 +165,13 @@ def ablation(net, latents: torch.Tensor, *, class_labels=None, num_steps: int = 
     device = latents.device
     t_steps = t_steps.to(device)
 
+    call_dtype = model_dtype(net, latents)
+    extra = {**({"class_labels": class_labels} if class_labels is not None else {}), **(extra_args or {})}
+
     def D(x, t, i):
-        out = net(x / s(t), (sigma(t) * torch.ones(x.shape[0], dtype=dtype, device=device)),
-                  **({"class_labels": class_labels} if class_labels is not None else {}), **(extra_args or {}))
         counter["nfe"] += 1
-        if not torch.isfinite(out).all():
-            raise NumericalError(f"denoiser returned NaN/Inf at step {i} (sigma={float(sigma(t)):.6g})")
-        return out.to(dtype)
+        return call_model(net, x / s(t), sigma(t) * torch.ones(x.shape[0], dtype=dtype, device=device),
+                          call_dtype=call_dtype, out_dtype=dtype, extra_args=extra, step=i)
 
     def f(x, t, denoised):
         return (sigma_deriv(t) / sigma(t) + s_deriv(t) / s(t)) * x - sigma_deriv(t) * s(t) / sigma(t) * denoised
@@ -189,10 +211,12 @@ def ablation(net, latents: torch.Tensor, *, class_labels=None, num_steps: int = 
 def _register() -> None:
     from diffspace.samplers.registry import nfe_heun, nfe_one_per_step, register
 
-    register("euler", euler, nfe_one_per_step, order=1)
-    register("heun", heun, nfe_heun, order=2)
+    register("euler", euler, nfe_one_per_step, order=1,
+             summary="Euler's method steps the probability-flow ODE (DDIM) with 1 NFE per step.")
+    register("heun", heun, nfe_heun, order=2,
+             summary="EDM's Algorithm 1 takes 2nd-order Runge–Kutta steps (Heun; alpha=0.5 gives the midpoint rule).")
     register("edm", edm, nfe_heun, stochastic=True, order=2,
-             summary="Algorithm 2: Heun with stochastic churn (deterministic when S_churn = 0)")
+             summary="EDM's Algorithm 2 adds stochastic churn to Heun's method (deterministic when S_churn = 0).")
 
 
 _register()

@@ -29,7 +29,7 @@ from diffspace.samplers.multistep import afs_denoised, euler_ancestral
 
 
 def _needs_positive_end(run: Run, name: str, form: str) -> None:
-    """Forms A, C, D, F: refuse a grid whose last level is 0."""
+    """Forms A, C, D, F: refuse a grid whose last level is 0 (their steps to σ = 0 do not land on D)."""
     if float(run.sigmas[-1]) == 0.0:
         raise ConfigError(
             f"{name} (Li et al. form {form}) needs a grid ending at sigma_min > 0, but this grid ends at 0: its "
@@ -82,7 +82,7 @@ def ddpm_type(model, x, sigmas, *, extra_args=None, callback=None, disable=None,
     """Form C, DDPM-type: Y_{t−1} = (Y_t + (1−α_t)s_t(Y_t) + sqrt(1−α_t)Z_t)/sqrt(α_t). 1 NFE/step.
 
     In z: mean z − (σ² − σ'²)/σ²·(z − D) (the DDPM posterior mean), noise variance (1−α_t)/ᾱ_t = σ² − σ'²
-    (the noise sits inside the 1/sqrt(α_t) factor, as Li et al. write the DDPM-type update).
+    (the noise sits inside the 1/sqrt(α_t) factor, as in the authors' description of the sampler).
     """
     run = Run(model, x, sigmas, extra_args=extra_args, callback=callback, disable=disable, dtype=dtype,
               noise=noise, stats=stats)
@@ -223,14 +223,20 @@ def _nfe_accel_ode2(sigmas: torch.Tensor, denoise_to_zero: bool = False) -> int:
 def _register() -> None:
     from diffspace.samplers.registry import register
 
-    register("ddim_type", ddim_type, _nfe_steps, order=1)
-    register("ddim", ddim, _nfe_steps, order=1)
+    register("ddim_type", ddim_type, _nfe_steps, order=1,
+             summary="Li et al.'s form A is the DDIM-type sampler of their theory (Euler in σ²).")
+    register("ddim", ddim, _nfe_steps, order=1,
+             summary="Li et al.'s form B is exact DDIM, the same map as EDM's Euler.")
     register("ddpm_type", ddpm_type, _nfe_steps, stochastic=True, order=0.5,
-             summary="Form C, DDPM-type (vanilla stochastic sampler of Li et al.)")
-    register("ddpm", ddpm, _nfe_steps, stochastic=True, order=0.5)
-    register("accel_sde", accel_sde, _nfe_steps, stochastic=True, order=1)
-    register("accel_ode", accel_ode, _nfe_steps, order=2)
-    register("accel_ode2", accel_ode2, _nfe_accel_ode2, order=2)
+             summary="Li et al.'s form C is the vanilla DDPM-type stochastic sampler.")
+    register("ddpm", ddpm, _nfe_steps, stochastic=True, order=0.5,
+             summary="Ancestral DDPM samples the Gaussian posterior of each step given the denoiser's estimate.")
+    register("accel_sde", accel_sde, _nfe_steps, stochastic=True, order=1,
+             summary="Li et al.'s form D is their accelerated stochastic sampler (1 NFE per step).")
+    register("accel_ode", accel_ode, _nfe_steps, order=2,
+             summary="Li et al.'s form E is the accelerated two-step ODE sampler of their experiments.")
+    register("accel_ode2", accel_ode2, _nfe_accel_ode2, order=2,
+             summary="Li et al.'s form F is the accelerated ODE sampler of their theory (2 NFE per step).")
 
 
 _register()

@@ -16,7 +16,7 @@ from diffspace.samplers.base import Run, euler_step, to_d
 
 
 def afs_denoised(x: torch.Tensor, sigma) -> torch.Tensor:
-    """Analytical first step (AMED/GITS): assume dx/dσ = x/sqrt(1 + σ²), i.e. D = x − σx/sqrt(1 + σ²)."""
+    """Analytical first step (AMED and GITS): assume dx/dσ = x/sqrt(1 + σ²), i.e. D = x − σx/sqrt(1 + σ²)."""
     return x - sigma * x / (1 + sigma**2).sqrt()
 
 
@@ -234,13 +234,18 @@ def _nfe_dpm_2(sigmas: torch.Tensor, afs: bool = False) -> int:
 def _register() -> None:
     from diffspace.samplers.registry import register
 
-    register("dpm_2", dpm_2, _nfe_dpm_2, order=2)
-    register("dpmpp_2m", dpmpp_2m, _nfe_steps, order=2)
-    register("dpmpp_3m", dpmpp_3m, _nfe_steps, order=3)
+    register("dpm_2", dpm_2, _nfe_dpm_2, order=2,
+             summary="DPM-Solver-2 (Lu et al. 2022) takes singlestep 2nd-order steps with 2 NFE each.")
+    register("dpmpp_2m", dpmpp_2m, _nfe_steps, order=2,
+             summary="DPM-Solver++(2M) (Lu et al. 2022) is a 2nd-order multistep solver in data prediction.")
+    register("dpmpp_3m", dpmpp_3m, _nfe_steps, order=3,
+             summary="DPM-Solver++(3M) is a 3rd-order multistep solver (compat=True gives the peers' 2nd-order form).")
     register("ipndm", ipndm, _nfe_steps, order=4,
-             summary="iPNDM, variable-step Adams–Bashforth in σ (order max_order, default 4)")
-    register("euler_ancestral", euler_ancestral, _nfe_steps, stochastic=True, order=0.5)
-    register("dpmpp_2m_sde", dpmpp_2m_sde, _nfe_steps, stochastic=True, order=1)
+             summary="iPNDM (Zhang & Chen 2022) runs variable-step Adams–Bashforth in σ up to order max_order.")
+    register("euler_ancestral", euler_ancestral, _nfe_steps, stochastic=True, order=0.5,
+             summary="Euler ancestral (k-diffusion) steps down with Euler and adds fresh noise back up.")
+    register("dpmpp_2m_sde", dpmpp_2m_sde, _nfe_steps, stochastic=True, order=1,
+             summary="DPM-Solver++(2M) SDE (k-diffusion) is the stochastic version of DPM-Solver++(2M).")
 
 
 _register()

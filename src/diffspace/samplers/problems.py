@@ -147,13 +147,24 @@ def get(name: str, seed: int = 0, shape: Sequence[int] | None = None) -> Problem
 
 
 def _user(spec: str, shape: Sequence[int] | None) -> Problem:
+    import os
+    import sys
+
     module_name, _, attr = spec.partition(":")
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path  # a console script does not search the current folder
+    if added:
+        sys.path.insert(0, cwd)
     try:
         obj = importlib.import_module(module_name)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except (ImportError, AttributeError) as e:
-        raise ConfigError(f"cannot load denoiser {spec!r}: {e}; give an importable module:attr") from e
+        raise ConfigError(f"cannot load denoiser {spec!r}: {e}; give an importable module:attr (modules in the "
+                          "current folder are found)") from e
+    finally:
+        if added and cwd in sys.path:
+            sys.path.remove(cwd)
     if not callable(obj):
         raise ConfigError(f"{spec!r} is not callable: give a denoiser D(x, sigma) or a factory returning one")
     try:

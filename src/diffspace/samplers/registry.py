@@ -1,5 +1,5 @@
 """Sampler registry: name -> function, NFE formula and accepted options. Unknown names and options are refused
-by name instead of being ignored."""
+by name instead of being ignored, and option values are checked by type and range (`samplers.options`)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from diffspace.errors import ConfigError
+from diffspace.samplers.options import parse, validate
 
 COMMON = ("extra_args", "callback", "disable", "dtype", "stats")
 
@@ -26,20 +27,26 @@ class Sampler:
     summary: str = ""
     options: tuple[str, ...] = field(default=())
 
+    def __repr__(self) -> str:
+        return f"<sampler {self.name!r}: {self.summary}>"
+
     def nfe(self, sigmas, **options) -> int:
         """Denoiser calls on this grid; options that change the count (e.g. afs, denoise_to_zero) pass through."""
-        self.check_options(options)
+        options = self.check_options(options)
         params = inspect.signature(self.nfe_fn).parameters
         return int(self.nfe_fn(torch.as_tensor(sigmas), **{k: v for k, v in options.items() if k in params}))
 
-    def check_options(self, options: dict) -> None:
+    def check_options(self, options: dict) -> dict:
+        """Refuse options this sampler does not take, and values of the wrong type or range, by name; the options
+        with checked types (numbers as int/float)."""
         unknown = sorted(set(options) - set(self.options) - set(COMMON) - {"noise"})
         if unknown:
             known = ", ".join(self.options) or "none"
             raise ConfigError(f"sampler {self.name!r} does not take option(s) {', '.join(unknown)}; it takes: {known}")
+        return validate(self.name, self.fn, options)
 
     def __call__(self, model, x, sigmas, **options):
-        self.check_options(options)
+        options = self.check_options(options)
         if "noise" in options and "noise" not in self._params:
             options.pop("noise")  # deterministic samplers draw no noise
         return self.fn(model, x, sigmas, **options)
@@ -56,17 +63,39 @@ def register(name: str, fn: Callable, nfe: Callable[[torch.Tensor], int], *, sto
              order: float | None = None, summary: str = "") -> Sampler:
     params = inspect.signature(fn).parameters
     options = tuple(p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in COMMON)
-    entry = Sampler(name, fn, nfe, stochastic, order, summary or (fn.__doc__ or "").strip().split("\n")[0], options)
+    entry = Sampler(name, fn, nfe, stochastic, order, summary or _first_sentence(fn.__doc__ or ""), options)
     _REGISTRY[name] = entry
     return entry
+
+
+def _first_sentence(doc: str) -> str:
+    """The docstring's first sentence (from its first paragraph), ending with a full stop."""
+    paragraph = " ".join(doc.strip().split("\n\n")[0].split())
+    sentence = paragraph.split(". ")[0].rstrip(".:")
+    return sentence + "." if sentence else ""
 
 
 def get(name: str) -> Sampler:
     """The registered sampler called `name`."""
     _load_all()
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown sampler {name!r}: known samplers are {', '.join(names())}")
+        raise ConfigError(f"unknown sampler {name!r}: known samplers are {', '.join(names())}; EDM's Table-1 "
+                          "sampler is samplers.ablation (generate --sampler ablation)")
     return _REGISTRY[name]
+
+
+def parse_options(name: str, items) -> dict:
+    """Command-line ['key=value', …] for sampler `name` (or 'ablation') as typed, checked options."""
+    if name == "ablation":
+        import inspect
+
+        from diffspace.samplers.edm import ABLATION_FIXED, ablation
+
+        params = inspect.signature(ablation).parameters
+        known = [p for p, v in params.items() if v.kind is inspect.Parameter.KEYWORD_ONLY and p not in ABLATION_FIXED]
+        return parse(name, ablation, items, known)
+    entry = get(name)
+    return parse(name, entry.fn, items, entry.options)
 
 
 def names() -> list[str]:
