@@ -105,12 +105,6 @@ def _row(id_, argv, *needles, fault=None, usage=False, marks=()):
     return pytest.param(argv, needles, fault, usage, id=id_, marks=marks)
 
 
-# Sampler options are validated by type and range in the sampler core (issue 9, another branch); until that lands,
-# `--option S_churn=abc` ends in a TypeError. Strict: this mark must go once the fix is merged.
-_SAMPLER_OPTIONS_PENDING = pytest.mark.xfail(strict=True, raises=TypeError,
-                                             reason="sampler option types are checked by the sampler core's fix")
-
-
 ROWS = [
     # dataset ------------------------------------------------------------------------------------------------
     _row("dataset-missing", ["dataset", "--source", f"{I}/nope", "--dest", f"{O}/d.zip"], "nope", "no such file"),
@@ -218,7 +212,7 @@ ROWS = [
          "0,4"),
     _row("converge-sampler", ["converge", "--samplers", "nope", "--outdir", O, "--no-plot"], "nope"),
     _row("converge-option", ["converge", "--option", "S_churn=abc", "--samplers", "edm", "--outdir", O,
-                             "--no-plot"], "S_churn", marks=_SAMPLER_OPTIONS_PENDING),
+                             "--no-plot"], "S_churn"),
     _row("demo-minutes", ["demo", "--minutes", "0", "--outdir", O], "--minutes 0"),
     _row("demo-images", ["demo", "--images", "1", "--outdir", O], "--images 1"),
     _row("demo-sampler", ["demo", "--fast-sampler", "nope", "--outdir", O], "nope"),
