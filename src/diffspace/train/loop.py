@@ -127,6 +127,7 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
         raise ConfigError("--subdir starts a new numbered run folder: to continue a run, pass --resume with its "
                           "folder and drop --subdir")
 
+    known = {p.name for p in ckpt.list_checkpoints(cfg.outdir)}  # states present before this run
     found = resume_state if resume_state is not None else find_resume(resume, cfg.outdir, runlog)
     if found is not None:
         cfg = merge_resume_config(cfg, found[3])
@@ -149,7 +150,7 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
     if dry_run:
         return _dry_run(cfg, runlog, world, net, n_params, data_info, found, transferred)
 
-    outdir, lock, created = _claim_folder(cfg, world, resume, found, runlog)
+    outdir, lock, created = _claim_folder(cfg, world, resume, found, known, runlog)
     cfg = dataclasses.replace(cfg, outdir=str(outdir), subdir=False)
     ok = False
     try:
@@ -191,9 +192,9 @@ def _dry_run(cfg, runlog, world, net, n_params, data_info, found, transferred) -
             "cur_nimg": 0, "snapshot": None, "state": None, "loss": None}
 
 
-def _claim_folder(cfg: TrainConfig, world: int, resume, found, runlog):
-    """Create and lock the run folder on rank 0 (the numbered subfolder with `subdir`), then check that nothing
-    changed since `found` was chosen. Returns (outdir, lock or None, created)."""
+def _claim_folder(cfg: TrainConfig, world: int, resume, found, known: set[str], runlog):
+    """Create and lock the run folder on rank 0 (the numbered subfolder with `subdir`), then check that no state
+    appeared (beyond the `known` ones) since `found` was chosen. Returns (outdir, lock or None, created)."""
     error, lock, created = None, None, False
     outdir = Path(cfg.outdir)
     if dist.rank() == 0:
@@ -203,7 +204,7 @@ def _claim_folder(cfg: TrainConfig, world: int, resume, found, runlog):
             created = not outdir.exists()
             ckpt.ensure_writable_dir(outdir)
             lock = RunLock(outdir, runlog).acquire()
-            newest = ckpt.list_checkpoints(outdir, "training-state")
+            newest = [p for p in ckpt.list_checkpoints(outdir, "training-state") if p.name not in known]
             if found is None and resume is None and run_files(outdir):
                 raise ConfigError(f"{outdir} already holds a training run ({run_files(outdir)[0]}, ...): add "
                                   "--resume latest to continue it, or choose a new --outdir")
