@@ -91,6 +91,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default 150; quick 6)")
     p.add_argument("--repeats", type=int, default=None, help="runs per case (default 3; quick 1)")
     p.add_argument("--load", type=int, default=1, help="busy-loop processes of the loaded case (default 1)")
+    p.add_argument("--note", default="", help="a sentence about the machine's other load, put into the results")
     p.add_argument("--out", default=None, help="output folder (default benchmarks/results; none with --quick)")
     p.add_argument("--worker", choices=SETTINGS, help=argparse.SUPPRESS)
     p.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -133,14 +134,15 @@ def main() -> None:
     if out is None:
         return
     Path(out).mkdir(parents=True, exist_ok=True)
-    result = {"machine": machine, "steps": steps, "repeats": repeats, "batch": BATCH, "network": json.loads(NET),
-              "summary": summary, "runs": rows}
+    result = {"machine": machine, "note": args.note, "steps": steps, "repeats": repeats, "batch": BATCH,
+              "network": json.loads(NET), "summary": summary, "runs": rows}
     (Path(out) / "train_cpu_settings.json").write_text(json.dumps(result, indent=2) + "\n")
     (Path(out) / "train_cpu_settings.md").write_text(
         f"# diffspace train: CPU settings under load\n\n`python benchmarks/train_cpu_settings.py` "
         f"({steps} steps of {BATCH} per run, {repeats} runs per case, median). Machine: {machine['cpu_count']} "
         f"cores ({machine['processor']}), {machine['platform']}, Python {machine['python']}, torch "
-        f"{machine['torch']}.\n\n{table}\n")
+        f"{machine['torch']}.\n\n{table}\n\nThe 1-minute load average at the start of each run is in the JSON file "
+        f"(`loadavg_1min`). {args.note}\n")
     print(f"wrote {out}/train_cpu_settings.json and .md")
 
 
