@@ -96,6 +96,8 @@ def test_second_trainer_on_the_same_folder_refuses_and_a_dead_ones_lock_is_taken
             time.sleep(0.2)
         assert ckpt.list_checkpoints(run), "the first run saved no state"
         lock = json.loads((run / "train.lock").read_text())
+        command = json.loads((run / "config.json").read_text())["command"]
+        assert command[:4] == ["diffspace", "train", "--data", "toy:gmm8"] and command[-1] == str(run)
         assert lock["pid"] == first.pid and lock["host"] == socket.gethostname()
         capsys.readouterr()
         assert main([*BASE, "--duration", "5", "--outdir", str(run), "--resume", "latest"]) == 2
@@ -243,3 +245,25 @@ def test_argument_errors_leave_no_folder(tmp_path, capsys, extra, message):
     assert main([*BASE, "--duration", "0.0001", "--outdir", str(out), *extra]) == 2
     assert message in _err(capsys)
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.platform == "win32", reason="torchrun with gloo")
+def test_torchrun_ranks_refuse_a_locked_folder(tmp_path):
+    """Under torchrun rank 0 alone takes the lock (the DDP tests would fail if rank 1 tried: rank 0 holds it) and
+    passes a refusal on to every rank: all exit with the message, nothing is written."""
+    from diffspace.train.runfolder import RunLock
+
+    run = tmp_path / "run"
+    run.mkdir()
+    held = RunLock(run, log=lambda s: None).acquire()
+    try:
+        torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+        r = subprocess.run([*torchrun, "-m", "diffspace", *BASE, "--duration", "0.0032", "--outdir", str(run)],
+                           capture_output=True, text=True, env=_env(), timeout=600)
+    finally:
+        held.release()
+    assert r.returncode != 0
+    assert (r.stdout + r.stderr).count("diffspace train: error:") == 2, r.stdout + r.stderr
+    assert "in use by another diffspace train" in r.stderr
+    assert os.listdir(run) == []

@@ -154,7 +154,6 @@ def options_from_args(args: argparse.Namespace) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     import os
-    import sys
 
     # Idle OpenMP threads sleep instead of spinning, as in `diffspace demo`: on a busy machine spinning threads
     # steal the cores the work needs (benchmarks/train_cpu_settings.py). Read by OpenMP when torch is imported,
@@ -196,8 +195,17 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.from_dict({k: v for k, v in merged.items() if k in TrainConfig.__dataclass_fields__})
     try:
         train(cfg, resume=args.resume if found is None else None, resume_state=found, dry_run=args.dry_run,
-              command=["diffspace", *sys.argv[1:]] if Path(sys.argv[0]).stem in ("diffspace", "__main__")
-              else list(sys.argv))
+              command=_command_line())
     finally:
         dist.shutdown()
     return 0
+
+
+def _command_line() -> list[str]:
+    """The command as typed: `diffspace train ...` for the console script and `python -m diffspace`, else argv."""
+    import sys
+
+    exe = Path(sys.argv[0])
+    if exe.stem == "diffspace" or (exe.stem == "__main__" and exe.parent.name == "diffspace"):
+        return ["diffspace", *sys.argv[1:]]
+    return list(sys.argv)
