@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 
 DATA_CHOICES = ("auto", "fashion-mnist", "mnist", "digits")
-# Network per resolution: a DDPM++ U-Net sized for a few minutes of CPU training (spec §1.7, scaled down).
+# Network per resolution: a DDPM++ U-Net sized for a few minutes of CPU training (EDM's CIFAR-10 net, scaled down).
 NET_28 = {"model_channels": 16, "channel_mult": [1, 2, 2], "num_blocks": 1, "attn_resolutions": []}
 NET_8 = {"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "attn_resolutions": []}
 # Small batches: in a short run the number of updates matters most (Fashion-MNIST, 15 kimg, FID of 256 images:

@@ -1,4 +1,4 @@
-"""Training: losses, augmentation, EMA and the training loop (spec section 1.6)."""
+"""Training: losses, augmentation, EMA and the training loop (Karras et al. 2022, EDM)."""
 
 from diffspace.train.config import TrainConfig
 from diffspace.train.ema import EMA, ema_beta

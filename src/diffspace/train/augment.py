@@ -1,4 +1,4 @@
-"""Non-leaking geometric augmentation (Karras et al. 2022, EDM; spec section 1.6).
+"""Non-leaking geometric augmentation (Karras et al. 2022, EDM).
 
 Each image is x/y-flipped, scaled, rotated, anisotropically scaled and translated with small probabilities, and the
 network is told what was done through a 9-dimensional label vector. At sampling time the label is zero (or absent),
@@ -92,7 +92,7 @@ def _downsample2x(x: torch.Tensor) -> torch.Tensor:
 
 
 def resample(images: torch.Tensor, G_inv: torch.Tensor) -> torch.Tensor:
-    """Warp each image by its inverse affine map with EDM's anti-aliased resampler (spec 1.6).
+    """Warp each image by its inverse affine map with EDM's anti-aliased resampler (as in EDM).
 
     ``G_inv[i]`` ([n,3,3]) maps an output pixel position to the input position it is read from; positions are in
     pixels from the image centre, x to the right, y downwards. Steps: reflect-pad by the margin the maps need,
@@ -149,7 +149,7 @@ def _check_nonneg(**values: float) -> None:
 
 
 class AugmentPipe(torch.nn.Module):
-    """EDM's geometric augmentation pipeline with its 9 non-leaking labels (spec 1.6).
+    """EDM's geometric augmentation pipeline with its 9 non-leaking labels (as in EDM).
 
     Each transform is applied to an image with probability ``min(1, multiplier * p)``; the x- and y-flips, once
     active, flip with probability 1/2 (so an image is x-flipped with probability ``min(1, xflip * p) / 2``; with

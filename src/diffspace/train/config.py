@@ -1,4 +1,4 @@
-"""The training configuration (EDM's `train.py` options, spec §1.6–1.7) and its checks."""
+"""The training configuration (the options of EDM's `train.py`) and its checks."""
 
 from __future__ import annotations
 

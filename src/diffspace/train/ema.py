@@ -1,4 +1,4 @@
-"""Exponential moving average of the network parameters with a half-life in images (spec §1.6).
+"""Exponential moving average of the network parameters with a half-life in images, as in EDM.
 
 Per step of `batch` images: h_eff = min(h, r·cur_nimg) (ramp-up, r = 0.05), β = 0.5^{batch/h_eff} and
 p_ema ← p_net + β·(p_ema − p_net). `cur_nimg` is the number of images seen *before* the step, as in EDM, so the

@@ -1,4 +1,4 @@
-"""The training loop (EDM's `training_loop`, spec §1.6), usable from Python (`train(config)`) and the CLI.
+"""The training loop (EDM's `training_loop`), usable from Python (`train(config)`) and the CLI.
 
 One step on a global batch of B examples, split over W processes and accumulation rounds of `batch_gpu`:
 

@@ -1,4 +1,4 @@
-"""Training losses of EDM's Table 1 (spec §1.2 "Training", §1.6): VP, VE and EDM.
+"""Training losses of EDM's Table 1: VP, VE and EDM (Karras et al. 2022).
 
 Each loss draws one noise level σ per example from its training distribution, noises the (augmented) data
 y + σ·n and returns the per-element weighted error λ(σ)·(D(y + σ·n; σ) − y)². The caller sums it and divides by
@@ -133,7 +133,7 @@ LOSSES: dict[str, type[Loss]] = {"vp": VPLoss, "ve": VELoss, "edm": EDMLoss}
 
 
 def build_loss(name: str, **kwargs) -> Loss:
-    """Loss by Table-1 name ('vp', 've', 'edm'); iDDPM has no training loss (spec §1.9, item 8)."""
+    """Loss by Table-1 name ('vp', 've', 'edm'); iDDPM has no training loss."""
     if name not in LOSSES:
         raise ConfigError(f"no training loss {name!r}: choose one of {', '.join(LOSSES)}"
                           + (" (iDDPM is a sampling-only family)" if name == "iddpm" else ""))
