@@ -85,6 +85,22 @@ def measure(setting: str, steps: int, load: int) -> dict:
             "loss": timed["loss"]}
 
 
+def summarise(rows: list[dict], loads) -> list[dict]:
+    """Median, min and max images/s per (load, setting), and the median's ratio to the default setting's."""
+    import statistics
+
+    summary = []
+    for load in loads:
+        base = None
+        for setting in SETTINGS:
+            ips = sorted(r["images_per_s"] for r in rows if r["load"] == load and r["setting"] == setting)
+            median = statistics.median(ips)
+            base = median if setting == "default" else base
+            summary.append({"load": load, "setting": setting, "median_images_per_s": round(median, 1),
+                            "min": round(ips[0], 1), "max": round(ips[-1], 1), "speedup": round(median / base, 1)})
+    return summary
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a short run of every case (CI); prints the table only")
@@ -110,15 +126,7 @@ def main() -> None:
                 rows.append(row)
                 print(f"  load {load}  {setting:16s} {row['images_per_s']:8.1f} img/s  (loadavg "
                       f"{row['loadavg_1min']:.2f}, {row['threads']} threads)", flush=True)
-    summary = []
-    for load in (0, args.load):
-        base = None
-        for setting in SETTINGS:
-            ips = sorted(r["images_per_s"] for r in rows if r["load"] == load and r["setting"] == setting)
-            median = ips[len(ips) // 2]
-            base = median if setting == "default" else base
-            summary.append({"load": load, "setting": setting, "median_images_per_s": round(median, 1),
-                            "min": round(ips[0], 1), "max": round(ips[-1], 1), "speedup": round(median / base, 2)})
+    summary = summarise(rows, (0, args.load))
     import torch
 
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
@@ -138,8 +146,9 @@ def main() -> None:
               "network": json.loads(NET), "summary": summary, "runs": rows}
     (Path(out) / "train_cpu_settings.json").write_text(json.dumps(result, indent=2) + "\n")
     (Path(out) / "train_cpu_settings.md").write_text(
-        f"# diffspace train: CPU settings under load\n\n`python benchmarks/train_cpu_settings.py` "
-        f"({steps} steps of {BATCH} per run, {repeats} runs per case, median). Machine: {machine['cpu_count']} "
+        f"# diffspace train: CPU settings under load\n\n`python benchmarks/train_cpu_settings.py --steps {steps} "
+        f"--repeats {repeats} --load {args.load}` ({steps} steps of {BATCH} per run, the first untimed; {repeats} "
+        f"runs per case, median). Machine: {machine['cpu_count']} "
         f"cores ({machine['processor']}), {machine['platform']}, Python {machine['python']}, torch "
         f"{machine['torch']}.\n\n{table}\n\nThe 1-minute load average at the start of each run is in the JSON file "
         f"(`loadavg_1min`). {args.note}\n")
