@@ -94,7 +94,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--workers", type=int, help="data-loading worker processes (default 0)")
     g.add_argument("--device", help="auto | cpu | cuda | cuda:N (default auto; torchrun assigns LOCAL_RANK's GPU)")
     g.add_argument("--threads", type=int, help="CPU threads per process (default: all cores)")
-    _flag(g, "--bench", "cuDNN autotuning, as EDM (default true; no effect on a CPU)")
+    _flag(g, "--bench", "cuDNN autotuning as in EDM (default false: autotuned kernels can differ between "
+                        "processes, which breaks bit-exact resume; no effect on a CPU)")
 
     g = p.add_argument_group("output")
     g.add_argument("--tick", type=float, help="kimg per tick: progress line and stats.jsonl (default 50)")

@@ -63,7 +63,7 @@ class TrainConfig:
     device: str = "auto"                        # auto | cpu | cuda | cuda:N.
     progress: bool = True                       # tqdm progress bar (else one line per tick).
     threads: int | None = None                  # CPU threads of torch (None = torch's default: all cores).
-    bench: bool = True                          # cuDNN autotuning (EDM's --bench; no effect on a CPU).
+    bench: bool = False                         # cuDNN autotuning (EDM's --bench; off: exact resume).
     transfer: str | None = None                 # Initial weights: a diffspace checkpoint/run folder or EDM .pkl.
     desc: str | None = None                     # Text appended to the run description (EDM's --desc).
     subdir: bool = False                        # Put the run in a numbered subfolder outdir/NNNNN-<desc>.
