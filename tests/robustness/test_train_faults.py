@@ -205,6 +205,18 @@ def test_disk_full_at_a_save_keeps_the_previous_state(tmp_path, capsys, monkeypa
     assert main([*BASE, "--duration", "0.0032", "--outdir", str(run), "--resume", "latest"]) == 0
 
 
+def test_failed_first_save_leaves_no_folder(tmp_path, capsys, monkeypatch):
+    import safetensors.torch
+
+    def full_disk(tensors, filename, metadata=None):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(safetensors.torch, "save_file", full_disk)
+    assert main([*BASE, "--duration", "0.0016", "--outdir", str(tmp_path / "a" / "b" / "run")]) == 2
+    assert "No space left on device" in _err(capsys)
+    assert not (tmp_path / "a").exists()  # config.json, stats.jsonl, log.txt and the folders it made are gone
+
+
 def _mount_tmpfs(path, size: str) -> bool:
     if not sys.platform.startswith("linux") or os.geteuid() != 0 or not shutil.which("mount"):
         return False

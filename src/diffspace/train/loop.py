@@ -127,6 +127,8 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
         raise ConfigError("--subdir starts a new numbered run folder: to continue a run, pass --resume with its "
                           "folder and drop --subdir")
 
+    if cfg.transfer:
+        cfg = dataclasses.replace(cfg, ema_rampup=None)  # as EDM: the EMA starts from the transferred weights
     known = {p.name for p in ckpt.list_checkpoints(cfg.outdir)}  # states present before this run
     found = resume_state if resume_state is not None else find_resume(resume, cfg.outdir, runlog)
     if found is not None:
@@ -134,7 +136,6 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
     transfer = None
     if cfg.transfer and found is None:
         transfer = setup.load_transfer(cfg.transfer)
-        cfg = dataclasses.replace(cfg, ema_rampup=None)  # as EDM: the EMA starts from the transferred weights
 
     dataset, is_image, shape, label_dim, data_info = setup.open_data(cfg, dataset)
     sigma_data = cfg.sigma_data or setup.measure_sigma_data(dataset, is_image)
@@ -167,10 +168,10 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
         raise
     finally:
         runlog.close()
+        if not ok and created is not None and lock is not None and not _checkpoints(outdir):
+            shutil.rmtree(created, ignore_errors=True)  # nothing of value was written: leave no folder behind
         if lock is not None:
             lock.release()
-        if not ok and created and rank == 0 and not _checkpoints(outdir):
-            shutil.rmtree(outdir, ignore_errors=True)  # nothing of value was written: leave no folder behind
 
 
 def _checkpoints(folder: Path) -> list[Path]:
@@ -194,14 +195,18 @@ def _dry_run(cfg, runlog, world, net, n_params, data_info, found, transferred) -
 
 def _claim_folder(cfg: TrainConfig, world: int, resume, found, known: set[str], runlog):
     """Create and lock the run folder on rank 0 (the numbered subfolder with `subdir`), then check that no state
-    appeared (beyond the `known` ones) since `found` was chosen. Returns (outdir, lock or None, created)."""
-    error, lock, created = None, None, False
+    appeared (beyond the `known` ones) since `found` was chosen. Returns (outdir, lock or None, the topmost
+    folder this call created or None)."""
+    error, lock, created = None, None, None
     outdir = Path(cfg.outdir)
     if dist.rank() == 0:
         try:
             if cfg.subdir:
                 outdir = numbered_run_dir(outdir, run_description(cfg, world))
-            created = not outdir.exists()
+            if not outdir.exists():
+                created = outdir
+                while not created.parent.exists():
+                    created = created.parent
             ckpt.ensure_writable_dir(outdir)
             lock = RunLock(outdir, runlog).acquire()
             newest = [p for p in ckpt.list_checkpoints(outdir, "training-state") if p.name not in known]
@@ -217,10 +222,10 @@ def _claim_folder(cfg: TrainConfig, world: int, resume, found, known: set[str], 
                                   "run the command again")
         except DiffspaceError as e:
             error = e
-            if lock is not None:
+            if lock is not None:  # only the lock holder may remove what it created
+                if created is not None and not _checkpoints(outdir):
+                    shutil.rmtree(created, ignore_errors=True)
                 lock.release()
-            if created and outdir.is_dir() and not any(outdir.iterdir()):
-                outdir.rmdir()
     message = dist.broadcast_object(None if error is None else f"{type(error).__name__}|{error}")
     if message is not None:
         if error is not None:
