@@ -78,6 +78,7 @@ def test_toy_flag_runs_the_toy_demo(tmp_path, monkeypatch):
     assert calls == [(tmp_path / "t", 3)]
 
 
+@pytest.mark.slow
 def test_minutes_is_a_wall_clock_deadline(tmp_path, monkeypatch):
     # The calibration claims training is 10⁴× faster than it is (as when the machine gets busy after it): the
     # planned kimg would take hours, and the deadline must stop training when its share of the time is spent.
