@@ -76,3 +76,17 @@ def test_toy_flag_runs_the_toy_demo(tmp_path, monkeypatch):
     monkeypatch.setattr(diffspace.toydemo, "run_toy_demo", lambda outdir, seed=0: calls.append((outdir, seed)))
     assert main(["demo", "--toy", "--outdir", str(tmp_path / "t"), "--seed", "3"]) == 0
     assert calls == [(tmp_path / "t", 3)]
+
+
+@pytest.mark.slow
+def test_minutes_is_a_wall_clock_deadline(tmp_path, monkeypatch):
+    # The calibration claims training is 10⁴× faster than it is (as when the machine gets busy after it): the
+    # planned kimg would take hours, and the deadline must stop training when its share of the time is spent.
+    monkeypatch.setattr(demo, "_train_seconds_per_image", lambda *args: 1e-7)
+    out = tmp_path / "demo"
+    assert main(["demo", "--data", "digits", "--minutes", "0.4", "--images", "16", "--outdir", str(out)]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stopped_at_deadline"] and 0 < m["training_share_s"] <= 0.4 * 60
+    # The training phase ends within one step, the final checkpoint and its reload after the deadline; without
+    # a deadline it would run for hours.
+    assert m["phases"]["training"]["wall_s"] < m["training_share_s"] + 30

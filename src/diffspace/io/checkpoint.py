@@ -80,12 +80,23 @@ def atomic_write(path: str | os.PathLike, write) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError as e:
-        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
+    except Exception as e:  # OSError, or a writer's own error type wrapping one (safetensors, PIL)
+        raise CheckpointError(f"cannot write {path}: {_reason(e)}; check free space and permissions") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     _fsync_dir(path.parent)
+
+
+def _reason(e: BaseException) -> str:
+    """A one-line reason for a failed write: the OS error's text (e.g. 'No space left on device') when known."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    code = re.search(r"(?:code:|os error)\s*(\d+)", text)  # safetensors: "... (os error 28)"
+    if code:
+        return os.strerror(int(code.group(1)))
+    return f"{type(e).__name__}: {text}"[:300]
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

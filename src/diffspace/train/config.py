@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field, fields
 
 from diffspace.errors import ConfigError
@@ -56,11 +57,16 @@ class TrainConfig:
     snap: int = 50                              # Network snapshot every this many ticks (0 = only at the end).
     dump: int = 500                             # Training state every this many ticks (0 = only at the end).
     sample_every: int | None = None             # Preview grid every this many ticks (None = with snapshots, 0 = off).
-    grid: int | None = None                     # Preview samples (None = 64 images or 2000 points).
-    grid_steps: int = 18                        # Heun steps of the preview.
+    grid: int | None = None                     # Preview samples (None = 16 images or 1000 points).
+    grid_steps: int = 10                        # Heun steps of the preview (NFE 2·steps − 1).
     workers: int = 0                            # DataLoader worker processes.
     device: str = "auto"                        # auto | cpu | cuda | cuda:N.
     progress: bool = True                       # tqdm progress bar (else one line per tick).
+    threads: int | None = None                  # CPU threads of torch (None = torch's default: all cores).
+    bench: bool = False                         # cuDNN autotuning (EDM's --bench; off: exact resume).
+    transfer: str | None = None                 # Initial weights: a diffspace checkpoint/run folder or EDM .pkl.
+    desc: str | None = None                     # Text appended to the run description (EDM's --desc).
+    subdir: bool = False                        # Put the run in a numbered subfolder outdir/NNNNN-<desc>.
 
     def check(self) -> None:
         """Raise ConfigError naming the first invalid option."""
@@ -95,6 +101,10 @@ class TrainConfig:
             bad("sample_every", self.sample_every, "use an integer >= 0")
         if self.grid is not None and (int(self.grid) != self.grid or self.grid < 0):
             bad("grid", self.grid, "use an integer >= 0")
+        if self.threads is not None and (int(self.threads) != self.threads or self.threads < 1):
+            bad("threads", self.threads, "use an integer >= 1")
+        if self.desc is not None and not re.fullmatch(r"[A-Za-z0-9_.+=-]+", str(self.desc)):
+            bad("desc", repr(self.desc), "use letters, digits and _ . + = - only (it becomes part of a folder name)")
         if self.sigma_data is not None and not self.sigma_data > 0:
             bad("sigma_data", self.sigma_data, "use a positive number")
 

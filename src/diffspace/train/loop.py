@@ -14,22 +14,35 @@ Data order, σ, noise and augmentation depend on (seed, step, position in the gl
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
+import platform
 import random
-import resource
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffspace.errors import ConfigError, DataError, NumericalError
+from diffspace.errors import CheckpointError, ConfigError, DiffspaceError, NumericalError
 from diffspace.io import checkpoint as ckpt
 from diffspace.train import distributed as dist
+from diffspace.train import setup
 from diffspace.train.config import IDENTITY_FIELDS, TrainConfig
 from diffspace.train.ema import EMA
 from diffspace.train.loss import build_loss
+from diffspace.train.runfolder import (
+    RunLock,
+    RunLog,
+    check_tensors_fit,
+    find_resume,
+    numbered_run_dir,
+    run_description,
+    run_files,
+)
 from diffspace.train.state import (
     optimizer_from_tensors,
     optimizer_to_tensors,
@@ -41,7 +54,6 @@ from diffspace.train.state import (
 from diffspace.train.stream import (
     DROPOUT,
     GLOBAL,
-    INIT,
     DataOrder,
     StepRandomness,
     batch_stream,
@@ -52,48 +64,8 @@ from diffspace.train.stream import (
 __all__ = ["train", "find_resume", "merge_resume_config", "TrainConfig"]
 
 
-class _Arrays:
-    """An in-memory dataset (vectors) with a vectorised gather."""
-
-    def __init__(self, x: np.ndarray, labels: np.ndarray | None):
-        self.x, self.y = np.ascontiguousarray(x, dtype=np.float32), labels
-
-    def __len__(self) -> int:
-        return len(self.x)
-
-    def gather_items(self, idx):
-        return self.x[idx], (None if self.y is None else self.y[idx])
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # Resume.
-
-def find_resume(resume: str | Path | None, outdir: str | Path, log=print):
-    """Resolve `resume` to (path, tensors, state, config) or None.
-
-    None: fresh run (outdir must not hold training states). 'latest': newest valid state of outdir, or a fresh
-    run when there is none. A folder: its newest valid state (error if none). A file: that state.
-    """
-    def skip(path, message):
-        log(f"warning: skipping {path.name}: {message}")
-
-    if resume is None:
-        if ckpt.list_checkpoints(outdir, "training-state"):
-            raise ConfigError(f"{outdir} already holds a training run: add --resume latest to continue it, "
-                              "or choose a new --outdir")
-        return None
-    if str(resume) == "latest":
-        return ckpt.latest_training_state(outdir, on_skip=skip) if Path(outdir).is_dir() else None
-    path = Path(resume)
-    if path.is_dir():
-        found = ckpt.latest_training_state(path, on_skip=skip)
-        if found is None:
-            raise ConfigError(f"--resume {path}: no valid training-state-*.safetensors in that folder")
-        return found
-    if not path.exists():
-        raise ConfigError(f"--resume {path}: no such file or folder")
-    return (path, *ckpt.load_training_state(path))
-
 
 def merge_resume_config(config: TrainConfig, saved: dict, explicit: set[str] | None = None) -> TrainConfig:
     """Check that the identity options of `config` match the resumed run's.
@@ -115,132 +87,31 @@ def merge_resume_config(config: TrainConfig, saved: dict, explicit: set[str] | N
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Set-up helpers.
-
-def _pick_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: no CUDA GPU is available here; use --device cpu")
-    return name
-
-
-def _open_data(cfg: TrainConfig, dataset):
-    """(dataset for fetching, is_image, item shape, label_dim, data info)."""
-    if dataset is None:
-        from diffspace.data import open_dataset
-
-        dataset = open_dataset(cfg.data, resolution=cfg.resolution, transform=cfg.transform,
-                               max_size=cfg.max_size, use_labels=cfg.cond, xflip=cfg.xflip)
-    if isinstance(dataset, (torch.Tensor, np.ndarray)):  # an array of vectors [N, d]
-        dataset = _Arrays(np.asarray(dataset.detach().cpu() if torch.is_tensor(dataset) else dataset), None)
-    if len(dataset) == 0:
-        raise DataError(f"dataset {cfg.data!r} is empty")
-    is_image = bool(getattr(dataset, "is_image", False))
-    if not is_image and hasattr(dataset, "items"):  # points: keep them in memory, gather by index
-        labels = dataset.labels(0, None) if cfg.cond and hasattr(dataset, "labels") else None
-        dataset = _Arrays(dataset.items(0, None), labels)
-    from diffspace.train.stream import fetch_batch
-
-    x0, l0 = fetch_batch(dataset, np.array([0]))
-    is_image = is_image or (x0.dtype == torch.uint8 and x0.ndim == 4)
-    label_dim = 0 if l0 is None else int(l0.shape[1])
-    if cfg.cond and label_dim == 0:
-        raise ConfigError(f"--cond needs labels but dataset {cfg.data!r} has none: drop --cond")
-    if not cfg.cond:
-        label_dim = 0
-    info = {"name": str(cfg.data), "size": len(dataset), "shape": list(x0.shape[1:]), "is_image": is_image,
-            "label_dim": label_dim}
-    return dataset, is_image, tuple(x0.shape[1:]), label_dim, info
-
-
-def _to_float(x: torch.Tensor, is_image: bool) -> torch.Tensor:
-    return x.to(torch.float32) / 127.5 - 1 if is_image else x.to(torch.float32)
-
-
-def _measure_sigma_data(dataset, is_image: bool) -> float:
-    """EDM's σ_data: 0.5 for images in [-1, 1]; the per-element std of (up to 10⁴) points otherwise."""
-    if is_image:
-        return 0.5
-    from diffspace.train.stream import fetch_batch
-
-    x, _ = fetch_batch(dataset, np.arange(min(len(dataset), 10_000)))
-    return float(x.to(torch.float64).std())
-
-
-def _build(cfg: TrainConfig, shape, is_image: bool, label_dim: int, augment_dim: int, sigma_data: float):
-    from diffspace.design.precond import build_precond
-    from diffspace.nets import build_network
-
-    torch.manual_seed(derive_seed(cfg.seed, INIT))  # same initial weights on every rank
-    if is_image:
-        net = build_network(cfg.arch, img_resolution=shape[1], img_channels=shape[0], label_dim=label_dim,
-                            augment_dim=augment_dim, dropout=cfg.dropout, **cfg.net_kwargs)
-    else:
-        if len(shape) != 1:
-            raise DataError(f"data items of shape {list(shape)} are neither images [C,H,W] nor vectors [d]")
-        net = build_network(cfg.arch, img_resolution=None, img_channels=shape[0], label_dim=label_dim,
-                            augment_dim=augment_dim, dropout=cfg.dropout, **cfg.net_kwargs)
-    kwargs = {"sigma_data": sigma_data} if cfg.precond == "edm" else {}
-    if is_image:
-        kwargs.update(img_resolution=shape[1], img_channels=shape[0])
-    return build_precond(cfg.precond, net, label_dim=label_dim, **kwargs)
-
-
-def _augment_pipe(cfg: TrainConfig, is_image: bool, shape):
-    p = cfg.augment if cfg.augment is not None else (0.12 if is_image else 0.0)
-    if p == 0:
-        return None
-    if is_image:
-        from diffspace.train.augment import AugmentPipe
-
-        return AugmentPipe(p, **cfg.augment_kwargs)
-    if tuple(shape) != (2,):
-        raise ConfigError(f"--augment works on images and 2-D points, not on data of shape {list(shape)}: "
-                          "use --augment 0")
-    from diffspace.train.augment import AugmentPoints2D
-
-    return AugmentPoints2D(p, **{"xflip": 1e8, **cfg.augment_kwargs})
-
-
-def _peak_mem_gb(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB on Linux
-
-
-def _truncate_stats(path: Path, cur_tick: int) -> None:
-    """Keep the stats lines of ticks before `cur_tick` (drops lines of a killed run after its last state)."""
-    if not path.exists():
-        return
-    keep = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            if json.loads(line)["tick"] < cur_tick:
-                keep.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    ckpt.atomic_write_text(path, "".join(f"{line}\n" for line in keep))
-
-
-# ---------------------------------------------------------------------------------------------------------------
 # The loop.
 
 def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None = None, resume_state=None,
-          log=None) -> dict:
+          log=None, deadline: float | None = None, dry_run: bool = False, command: list[str] | None = None) -> dict:
     """Train a diffusion model; returns a summary dict (outdir, step, cur_nimg, last snapshot/state, loss).
 
     `dataset`: an opened dataset (or an array of vectors [N, d]) to use instead of opening `config.data`.
     `resume`: None (fresh run), 'latest', a run folder or a training-state file (see `find_resume`);
-    `resume_state`: an already loaded (path, tensors, state, config). Launch under torchrun for several
-    processes.
+    `resume_state`: an already loaded (path, tensors, state, config). `deadline`: a `time.time()` value at which
+    training stops as if its duration were reached (final snapshot and state written). `dry_run`: print the
+    resolved options and the network size and return without writing anything. `command`: the command line to
+    record in config.json (default sys.argv). Launch under torchrun for several processes.
+
+    Everything is checked (options, data, network, resume state) before the run folder is created; the folder
+    is locked for the run (see `diffspace.train.runfolder`) and `log.txt` in it receives what is printed.
     """
     cfg = TrainConfig.from_dict(config) if isinstance(config, dict) else config
     cfg.check()
-    log = log or dist.print0
-    device = dist.init(_pick_device(cfg.device))
+    device = dist.init(setup.pick_device(cfg.device))
     rank, world = dist.rank(), dist.world_size()
-    outdir = ckpt.ensure_writable_dir(cfg.outdir)
+    runlog = RunLog(log or dist.print0)
+    if cfg.threads is not None:
+        torch.set_num_threads(int(cfg.threads))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = bool(cfg.bench)
 
     # Batch split: B = W · rounds · batch_gpu.
     if cfg.batch % world:
@@ -252,25 +123,131 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
                           "choose a divisor")
     if cfg.precision == "fp16" and not str(device).startswith("cuda"):
         raise ConfigError("--fp16 needs a CUDA GPU (loss scaling); use --bf16 on CPU")
+    if cfg.subdir and (resume is not None or resume_state is not None):
+        raise ConfigError("--subdir starts a new numbered run folder: to continue a run, pass --resume with its "
+                          "folder and drop --subdir")
 
-    found = resume_state if resume_state is not None else find_resume(resume, outdir, log)
+    if cfg.transfer:
+        cfg = dataclasses.replace(cfg, ema_rampup=None)  # as EDM: the EMA starts from the transferred weights
+    known = {p.name for p in ckpt.list_checkpoints(cfg.outdir)}  # states present before this run
+    found = resume_state if resume_state is not None else find_resume(resume, cfg.outdir, runlog)
     if found is not None:
         cfg = merge_resume_config(cfg, found[3])
+    transfer = None
+    if cfg.transfer and found is None:
+        transfer = setup.load_transfer(cfg.transfer)
 
-    dataset, is_image, shape, label_dim, data_info = _open_data(cfg, dataset)
-    sigma_data = cfg.sigma_data or _measure_sigma_data(dataset, is_image)
-    pipe = _augment_pipe(cfg, is_image, shape)
+    dataset, is_image, shape, label_dim, data_info = setup.open_data(cfg, dataset)
+    sigma_data = cfg.sigma_data or setup.measure_sigma_data(dataset, is_image)
+    pipe = setup.augment_pipe(cfg, is_image, shape)
     augment_dim = pipe.augment_dim if (pipe is not None and cfg.augment_label) else 0
-    net = _build(cfg, shape, is_image, label_dim, augment_dim, sigma_data).to(device)
+    net = setup.build(cfg, shape, is_image, label_dim, augment_dim, sigma_data).to(device)
     net.train().requires_grad_(True)
+    net_config = ckpt.network_config(net)
+    if found is not None:
+        check_tensors_fit(found[0], found[1], net, found[3], net_config)
+    transferred = None if transfer is None else setup.apply_transfer(net, transfer, cfg.transfer)
+    n_params = sum(p.numel() for p in net.parameters())
+    if dry_run:
+        return _dry_run(cfg, runlog, world, net, n_params, data_info, found, transferred)
+
+    outdir, lock, created = _claim_folder(cfg, world, resume, found, known, runlog)
+    cfg = dataclasses.replace(cfg, outdir=str(outdir), subdir=False)
+    ok = False
+    try:
+        if rank == 0:
+            runlog.open(outdir / "log.txt")
+        if transferred:
+            runlog(transferred)
+        summary = _loop(cfg, device, rank, world, outdir, runlog, dataset, is_image, shape, label_dim, data_info,
+                        sigma_data, pipe, net, net_config, found, per_rank, batch_gpu, deadline, command)
+        ok = True
+        return summary
+    except DiffspaceError as e:
+        runlog.to_file(f"error: {e}")
+        raise
+    finally:
+        runlog.close()
+        if not ok and created is not None and lock is not None and not _checkpoints(outdir):
+            shutil.rmtree(created, ignore_errors=True)  # nothing of value was written: leave no folder behind
+        if lock is not None:
+            lock.release()
+
+
+def _checkpoints(folder: Path) -> list[Path]:
+    return ckpt.list_checkpoints(folder, "training-state") + ckpt.list_checkpoints(folder, "network-snapshot")
+
+
+def _dry_run(cfg, runlog, world, net, n_params, data_info, found, transferred) -> dict:
+    outdir = Path(cfg.outdir)
+    if cfg.subdir:
+        outdir = numbered_run_dir(outdir, run_description(cfg, world))
+    runlog("Training options (dry run: nothing is written):")
+    runlog(json.dumps(cfg.to_dict(), indent=2))
+    runlog(f"Network:          {type(net.model).__name__} in {type(net).__name__}, {n_params:,} parameters")
+    runlog(f"Data:             {data_info['name']} ({data_info['size']} items of shape {data_info['shape']})")
+    runlog(f"Output directory: {outdir}{'' if outdir.exists() else ' (would be created)'}")
+    runlog(f"Start:            {'resume ' + str(found[0]) if found is not None else 'fresh run'}"
+           f"{'; ' + transferred if transferred else ''}")
+    return {"outdir": str(outdir), "dry_run": True, "parameters": n_params, "config": cfg.to_dict(), "step": 0,
+            "cur_nimg": 0, "snapshot": None, "state": None, "loss": None}
+
+
+def _claim_folder(cfg: TrainConfig, world: int, resume, found, known: set[str], runlog):
+    """Create and lock the run folder on rank 0 (the numbered subfolder with `subdir`), then check that no state
+    appeared (beyond the `known` ones) since `found` was chosen. Returns (outdir, lock or None, the topmost
+    folder this call created or None)."""
+    error, lock, created = None, None, None
+    outdir = Path(cfg.outdir)
+    if dist.rank() == 0:
+        try:
+            if cfg.subdir:
+                outdir = numbered_run_dir(outdir, run_description(cfg, world))
+            if not outdir.exists():
+                created = outdir
+                while not created.parent.exists():
+                    created = created.parent
+            ckpt.ensure_writable_dir(outdir)
+            lock = RunLock(outdir, runlog).acquire()
+            newest = [p for p in ckpt.list_checkpoints(outdir, "training-state") if p.name not in known]
+            if found is None and resume is None and run_files(outdir):
+                raise ConfigError(f"{outdir} already holds a training run ({run_files(outdir)[0]}, ...): add "
+                                  "--resume latest to continue it, or choose a new --outdir")
+            if found is None and resume is not None and _checkpoints(outdir):
+                raise ConfigError(f"{outdir}: {_checkpoints(outdir)[0].name} appeared while this run started: "
+                                  "run the command again")
+            if found is not None and newest and Path(found[0]).parent.resolve() == outdir.resolve() \
+                    and newest[0].name > Path(found[0]).name:
+                raise ConfigError(f"{outdir}: a newer state {newest[0].name} appeared while this run started: "
+                                  "run the command again")
+        except DiffspaceError as e:
+            error = e
+            if lock is not None:  # only the lock holder may remove what it created
+                if created is not None and not _checkpoints(outdir):
+                    shutil.rmtree(created, ignore_errors=True)
+                lock.release()
+    message = dist.broadcast_object(None if error is None else f"{type(error).__name__}|{error}")
+    if message is not None:
+        if error is not None:
+            raise error
+        kind, text = message.split("|", 1)
+        raise (CheckpointError if kind == "CheckpointError" else ConfigError)(text)
+    return Path(dist.broadcast_object(str(outdir))), lock, created
+
+
+def _loop(cfg, device, rank, world, outdir, runlog, dataset, is_image, shape, label_dim, data_info, sigma_data, pipe,
+          net, net_config, found, per_rank, batch_gpu, deadline, command) -> dict:
+    from diffspace import __version__
+
     loss_fn = build_loss(cfg.precond, **({"sigma_data": sigma_data} if cfg.precond == "edm" else {}),
                          **cfg.loss_kwargs)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     ema = EMA(net, cfg.ema, cfg.ema_rampup)
-    net_config = ckpt.network_config(net)
     full_config = {"train": cfg.to_dict(), "network": net_config, "data": data_info, "sigma_data": sigma_data,
                    "loss": repr(loss_fn), "augment": None if pipe is None else dict(pipe.init_kwargs),
-                   "world_size": world, "torch": torch.__version__}
+                   "world_size": world, "diffspace": __version__, "torch": torch.__version__,
+                   "python": platform.python_version(), "command": list(command if command is not None else sys.argv),
+                   "threads": torch.get_num_threads(), "device": str(device)}
 
     step = cur_nimg = cur_tick = 0
     tick_start_nimg, elapsed = 0, 0.0
@@ -287,7 +264,7 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
             scaler.load_state_dict(state["scaler"])
         step, cur_nimg, cur_tick = state["step"], state["cur_nimg"], state["cur_tick"]
         tick_start_nimg, elapsed = state["tick_start_nimg"], state.get("elapsed", 0.0)
-        log(f"Resuming from {path} (step {step}, kimg {cur_nimg / 1e3:.1f})")
+        runlog(f"Resuming from {path} (step {step}, kimg {cur_nimg / 1e3:.1f})")
         del tensors
 
     # Training-time wrappers (none of them changes the saved weights' layout).
@@ -306,27 +283,35 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
         for tmp in outdir.glob(".*.tmp"):  # left by a killed run's interrupted writes
             tmp.unlink(missing_ok=True)
         ckpt.atomic_write_text(outdir / "config.json", json.dumps(full_config, indent=2) + "\n")
-        _truncate_stats(outdir / "stats.jsonl", cur_tick)
+        setup.truncate_stats(outdir / "stats.jsonl", cur_tick)
     total_nimg = int(round(cfg.duration * 1e6))
     total_steps = math.ceil(total_nimg / cfg.batch)
     snap_every = cfg.snap
     sample_every = cfg.snap if cfg.sample_every is None else cfg.sample_every
-    n_grid = cfg.grid if cfg.grid is not None else (64 if is_image else 1000)
+    n_grid = cfg.grid if cfg.grid is not None else (16 if is_image else 1000)
     slices = rank_slices(cfg.batch, world, rank, batch_gpu)
     order = DataOrder(len(dataset), cfg.seed)
     stream = batch_stream(dataset, order, cfg.batch, slices, step, cfg.workers)
 
+    # The "Training" line first, then the progress bar on a line of its own.
+    runlog(f"Training {type(net.model).__name__} ({sum(p.numel() for p in net.parameters()):,} parameters) on "
+           f"{data_info['name']} for {cfg.duration:g} Mimg ({total_steps} steps of {cfg.batch}; {world} "
+           f"process(es), {len(slices)} round(s) of {batch_gpu}; {device}, {cfg.precision}, "
+           f"{torch.get_num_threads()} thread(s)) in {outdir}")
     bar = None
     if cfg.progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, leave=True)
-    say = bar.write if bar is not None else log
-    log(f"Training {type(net.model).__name__} ({sum(p.numel() for p in net.parameters()):,} parameters) on "
-        f"{data_info['name']} for {cfg.duration:g} Mimg ({total_steps} steps of {cfg.batch}; {world} process(es), "
-        f"{len(slices)} round(s) of {batch_gpu}; {device}, {cfg.precision})")
 
-    last = {"snapshot": None, "state": None, "loss": None}
+    def say(message: str) -> None:
+        if bar is not None:
+            bar.write(message)
+            runlog.to_file(message)
+        else:
+            runlog(message)
+
+    last = {"snapshot": None, "state": None, "loss": None, "stopped_at_deadline": False}
     tick_loss, tick_count = torch.zeros((), dtype=torch.float64), 0
     tick_start_time = time.time()
     run_start = tick_start_time - elapsed
@@ -334,8 +319,10 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
                 else contextlib.nullcontext())
     elements_per_example = int(np.prod(shape))
     done = cur_nimg >= total_nimg
+    first_step = step
     try:
         while not done:
+            step_start = time.time()
             # Accumulate gradients over this rank's rounds.
             optimizer.zero_grad(set_to_none=True)
             rnd = StepRandomness(cfg.seed, step, cfg.batch, shape, loss_fn, pipe)
@@ -343,7 +330,7 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
             for k, (lo, hi) in enumerate(slices):
                 torch.manual_seed(derive_seed(cfg.seed, DROPOUT, step, rank, k))  # dropout
                 x, labels = next(stream)
-                x = _to_float(x, is_image).to(device)
+                x = setup.to_float(x, is_image).to(device)
                 if cfg.channels_last and is_image:
                     x = x.contiguous(memory_format=torch.channels_last)
                 labels = None if labels is None else labels.to(device)
@@ -380,7 +367,16 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
             tick_count += cfg.batch * elements_per_example
             if bar is not None:
                 bar.update(1)
+            if step == first_step + 1 and rank == 0:
+                warning = setup.cpu_warning(cfg, device, cfg.batch / max(time.time() - step_start, 1e-9), total_nimg)
+                if warning:
+                    say(warning)
             done = cur_nimg >= total_nimg
+            if not done and deadline is not None:
+                hit = dist.broadcast_object(time.time() >= deadline)  # every rank stops after the same step
+                if hit:
+                    done = last["stopped_at_deadline"] = True
+                    say(f"Time is up: stopping at step {step} (kimg {cur_nimg / 1e3:.1f}) of {total_steps}")
             if not done and cur_tick != 0 and cur_nimg < tick_start_nimg + cfg.tick * 1e3:
                 continue
 
@@ -391,19 +387,19 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
             mean_loss = float(tick_loss) / max(tick_count, 1)
             stats = {"tick": cur_tick, "step": step, "kimg": cur_nimg / 1e3, "loss": mean_loss, "lr": lr,
                      "sec_per_tick": tick_sec, "sec_per_kimg": tick_sec / tick_nimg * 1e3,
-                     "images_per_s": tick_nimg / max(tick_sec, 1e-9), "peak_mem_gb": _peak_mem_gb(device),
+                     "images_per_s": tick_nimg / max(tick_sec, 1e-9), "peak_mem_gb": setup.peak_mem_gb(device),
                      "total_sec": now - run_start, "timestamp": now}
             last["loss"] = mean_loss
             if not all(bool(torch.isfinite(p).all()) for p in net.parameters()):
                 raise NumericalError(f"network weights are NaN/Inf at step {step}: lower --lr; last good state: "
                                      f"{last['state'] or 'none written'}")
             if rank == 0:
-                with open(outdir / "stats.jsonl", "a", encoding="utf-8") as f:
-                    f.write(json.dumps(stats) + "\n")
+                _append_stats(outdir / "stats.jsonl", stats)
                 line = (f"tick {cur_tick:<5d} kimg {cur_nimg / 1e3:<9.1f} loss {mean_loss:<8.4f} "
                         f"sec/kimg {stats['sec_per_kimg']:<7.3f} img/s {stats['images_per_s']:<8.1f}")
                 if bar is not None:
                     bar.set_postfix_str(f"kimg {cur_nimg / 1e3:.1f} loss {mean_loss:.4f}")
+                    runlog.to_file(line)
                 else:
                     say(line)
                 info = {"step": step, "kimg": cur_nimg / 1e3, "cur_nimg": cur_nimg, "sigma_data": sigma_data,
@@ -415,7 +411,8 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
                 if done or (cfg.dump and cur_tick % cfg.dump == 0 and cur_tick != 0):
                     last["state"] = str(_save_state(outdir, cfg, net, ema, optimizer, scaler, full_config,
                                                     step, cur_nimg, cur_tick + 1, cur_nimg, now - run_start))
-                if sample_every and (done or cur_tick % sample_every == 0):
+                # No preview of the untrained network at tick 0 (unless the run ends there).
+                if sample_every and (done or (cur_tick % sample_every == 0 and cur_tick != 0)):
                     from diffspace.train.preview import save_preview
 
                     save_preview(ema.module, outdir / f"samples-{cur_nimg // 1000:06d}.png", shape,
@@ -429,7 +426,16 @@ def train(config: TrainConfig | dict, *, dataset=None, resume: str | Path | None
         if bar is not None:
             bar.close()
         del stream
+    runlog(f"Done: {step} steps, {cur_nimg / 1e3:.1f} kimg; snapshot {last['snapshot']}")
     return {"outdir": str(outdir), "step": step, "cur_nimg": cur_nimg, **last}
+
+
+def _append_stats(path: Path, stats: dict) -> None:
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(stats) + "\n")
+    except OSError as e:
+        raise CheckpointError(f"cannot write {path}: {e.strerror or e}; check free space and permissions") from None
 
 
 def _save_state(outdir: Path, cfg: TrainConfig, net, ema: EMA, optimizer, scaler, full_config: dict, step: int,
