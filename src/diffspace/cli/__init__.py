@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "features": ("diffspace.cli.features", "train a small-data feature network for FID"),
     "dataset": ("diffspace.cli.dataset", "convert image folders, IDX or npz files into an EDM zip"),
     "converge": ("diffspace.cli.converge", "measure the convergence order of samplers"),
+    "analyze": ("diffspace.cli.analyze", "trajectories, mean shift, memorisation, ODE-Jump (geometric perspective)"),
 }
 
 
