@@ -44,6 +44,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", dest=name, type=float, default=None, help=text)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, repeatable (e.g. --opt afs=true, --opt solver=euler)")
+    g.add_argument("--jump-at", type=int, default=None, metavar="K",
+                   help="ODE-Jump: stop at step K (1..steps) and output that step's denoised estimate D(x; sigma); "
+                        "Euler then costs K NFE instead of steps")
 
     g = p.add_argument_group("output")
     g.add_argument("--outdir", default=None, metavar="DIR", help="folder for one PNG per seed ({seed:06d}.png)")
@@ -141,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.network} generates vectors of shape {list(shape)}, not images")
     G.check_class(net, args.class_idx)
     G.check_sampler(net, args.sampler, options, steps=args.steps, grid=args.grid_type, sigma_min=args.sigma_min,
-                    sigma_max=args.sigma_max, rho=args.rho)
+                    sigma_max=args.sigma_max, rho=args.rho, jump_at=args.jump_at)
 
     out = Outputs(args.outdir, args.npz, args.grid, args.subdirs)
     try:
@@ -154,7 +157,7 @@ def run(args: argparse.Namespace) -> int:
                                 grid=args.grid_type, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                                 rho=args.rho, batch=args.batch, class_idx=args.class_idx, shape=shape, device=device,
                                 micro_batch=args.micro_batch, progress=rank == 0 and not args.no_progress,
-                                on_batch=out.write_pngs)
+                                on_batch=out.write_pngs, jump_at=args.jump_at)
             out.write_part(rank, result)
         nfe = dist.broadcast_object(result.nfe if result is not None else 0)
         dist.barrier()
