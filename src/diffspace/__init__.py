@@ -15,7 +15,8 @@ import importlib
 __version__ = "0.1.0"
 
 _SUBMODULES = (
-    "data", "denoisers", "design", "errors", "generate", "grids", "io", "metrics", "nets", "samplers", "train",
+    "data", "denoisers", "design", "errors", "generate", "geometry", "grids", "io", "metrics", "nets", "samplers",
+    "train",
 )
 
 __all__ = ["__version__", *_SUBMODULES]

@@ -55,23 +55,19 @@ def curves(panels: list[dict], path: Path, *, width: float = 3.6, height: float 
     save(fig, path)
 
 
-def projections(sets: list[tuple[str, np.ndarray, np.ndarray]], path: Path) -> None:
-    """Trajectories in their own principal plane: per panel (title, sampling [steps, n, 2], denoising [steps, n,
-    2]); start marked with a circle, end with a cross."""
+def projections(panels: list[tuple[str, str, np.ndarray]], path: Path) -> None:
+    """Trajectories each in its own principal plane: per panel (title, 'sampling' | 'denoising', coordinates
+    [steps, n, 2]); the start is marked with a circle, the end with a cross."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(sets), figsize=(3.4 * len(sets), 3.2), squeeze=False)
-    for ax, (title, xs, ds) in zip(axes[0], sets):
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.1 * len(panels), 3.0), squeeze=False)
+    for ax, (title, kind, xs) in zip(axes[0], panels):
         for j in range(xs.shape[1]):
-            ax.plot(xs[:, j, 0], xs[:, j, 1], "-", color=COLORS["sampling"], lw=1, alpha=0.7,
-                    label="sampling" if j == 0 else None)
-            ax.plot(ds[:, j, 0], ds[:, j, 1], "-", color=COLORS["denoising"], lw=1, alpha=0.7,
-                    label="denoising" if j == 0 else None)
-            ax.plot(xs[0, j, 0], xs[0, j, 1], "o", color=COLORS["sampling"], ms=3)
+            ax.plot(xs[:, j, 0], xs[:, j, 1], "-", color=COLORS[kind], lw=1, alpha=0.7)
+            ax.plot(xs[0, j, 0], xs[0, j, 1], "o", color=COLORS[kind], ms=3)
             ax.plot(xs[-1, j, 0], xs[-1, j, 1], "kx", ms=4)
         ax.set_title(title)
         ax.set_xlabel("PC 1")
         ax.set_ylabel("PC 2")
-        ax.legend(loc="best")
     fig.tight_layout()
     save(fig, path)
 

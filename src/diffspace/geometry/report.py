@@ -64,7 +64,8 @@ def _figures(r: dict, data: torch.Tensor, out: Path) -> dict[str, str]:
     for name in names:
         t = r["tensors"][name]
         n = min(r["settings"]["show"], t.x.shape[1])
-        sets.append((f"{name}: own principal plane", metrics.principal_plane(t.x[:, :n], batched=True).numpy(),
+        sets.append((f"{name}: sampling x_i", "sampling", metrics.principal_plane(t.x[:, :n], batched=True).numpy()))
+        sets.append((f"{name}: denoising D(x_i)", "denoising",
                      metrics.principal_plane(t.denoised[:, :n], batched=True).numpy()))
     plots.projections(sets, out / "projections.png")
     figs["projections"] = "projections.png"
@@ -139,7 +140,7 @@ def _markdown(r: dict, figs: dict, title: str, command: str | None) -> str:
         lines += ["Command:", "", f"    {command}", ""]
     lines += [f"Data: {r['data']} ({r['num_data']} items of shape {r['shape']}, d = {r['dim']}); "
               f"network: {r.get('network') or 'none (optimal denoiser only)'}.",
-              f"Sampler {r['sampler']} {r['options'] or ''}, {K} steps on the EDM grid "
+              f"Sampler {r['sampler']}{' ' + str(r['options']) if r['options'] else ''}, {K} steps on the EDM grid "
               f"(sigma {r['sigmas'][0]:g} -> {r['sigmas'][-2]:g} -> 0, rho {r['settings']['rho']:g}), "
               f"{r['seeds']} seeds, float64. NFE per run: "
               + ", ".join(f"{n} {runs[n]['nfe']}" for n in runs) + ".",
@@ -223,6 +224,7 @@ def _markdown(r: dict, figs: dict, title: str, command: str | None) -> str:
     lines += [img("interpolation_norms", "interpolation norms"), img("interpolation", "interpolation strips"),
               "## Timings", ""]
     lines += [f"- {k}: {v:.1f} s" for k, v in r["timings"].items()]
+    lines += ["", "(wall-clock on the machine that wrote the report; 'total' excludes writing the figures)"]
     return "\n".join(lines) + "\n"
 
 
