@@ -130,7 +130,8 @@ def _settings(args):
     pairs = args.interp_pairs or (2 if args.quick else 8)
     return Settings(sampler=args.sampler, steps=args.steps, seeds=seeds, sigma_min=args.sigma_min,
                     sigma_max=args.sigma_max, rho=args.rho, options=options, threshold=args.threshold,
-                    interp_pairs=pairs, interp_points=args.interp_points, fid_seeds=fid)
+                    interp_pairs=pairs, interp_points=args.interp_points, fid_seeds=fid,
+                    meanshift_seeds=4 if args.quick else 16)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,6 +184,13 @@ def run(args: argparse.Namespace) -> int:
             bar.set_description_str(text)
             bar.update(1)
 
+    import signal
+    import sys
+    import threading
+
+    previous = None
+    if threading.current_thread() is threading.main_thread():  # a kill (SIGTERM) also removes the stage folder
+        previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         result = analyze(data, net=net, settings=settings, features=features, progress=progress)
         result.update(data=title, network=args.network, features=args.features)
@@ -195,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(stage, ignore_errors=True)
         raise
     finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if bar is not None:
             bar.close()
     secs = time.perf_counter() - t_start
