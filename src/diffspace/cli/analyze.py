@@ -217,6 +217,9 @@ def _replace(stage, outdir) -> None:
     import os
     import shutil
 
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(stage, 0o777 & ~mask)  # mkdtemp made it private; a report folder gets the usual permissions
     old = None
     if outdir.exists():
         old = outdir.with_name(f".{outdir.name}.old-{os.getpid()}")
