@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 
-QUICK_SEEDS, FULL_SEEDS = "0-31", "0-255"
-QUICK_MAX_DATA = 10_000  # --quick caps the optimal denoiser's dataset (unless --max-data is given)
+QUICK_SEEDS, FULL_SEEDS = "0-15", "0-255"
+QUICK_MAX_DATA = 5_000  # --quick caps the optimal denoiser's dataset (unless --max-data is given)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--data", metavar="NAME|PATH", help="dataset (required): digits, fashion-mnist, mnist, cifar10, "
                    "toy:gmm8, an EDM zip, image folder, npz, ...; its optimal denoiser is the reference")
     g.add_argument("--max-data", type=int, default=None, metavar="N",
-                   help="use a seeded subset of N items for the optimal denoiser (default: all; --quick: 10000)")
+                   help="use a seeded subset of N items for the optimal denoiser (default: all; --quick: 5000)")
     g.add_argument("--resolution", type=int, default=None, help="bring images to this resolution (see --transform)")
     g.add_argument("--transform", default="none", choices=("none", "pad", "resize", "center-crop"),
                    help="how --resolution is reached (default none)")
@@ -54,7 +54,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
     g.add_argument("--outdir", default="analyze-out", metavar="DIR", help="report folder (default analyze-out)")
     g.add_argument("--force", action="store_true", help="replace an existing report in --outdir")
-    g.add_argument("--quick", action="store_true", help="fewer seeds and data (about a minute on 2 cores)")
+    g.add_argument("--quick", action="store_true", help="16 seeds, at most 5000 data items, 2 interpolation pairs")
     g.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
