@@ -21,7 +21,6 @@ def ckpt8(tmp_path_factory):
     return path
 
 
-@pytest.mark.slow
 def test_analyze_digits_quick_writes_the_report(tmp_path, capsys):
     out = tmp_path / "report"
     assert main(["analyze", "--data", "digits", "--quick", "--outdir", str(out), "--no-progress"]) == 0
@@ -42,7 +41,6 @@ def test_analyze_digits_quick_writes_the_report(tmp_path, capsys):
         assert png.stat().st_size < 200_000, png
 
 
-@pytest.mark.slow
 def test_analyze_with_a_network_and_features(tmp_path, ckpt8):
     feats = tmp_path / "features.safetensors"
     torch.manual_seed(0)

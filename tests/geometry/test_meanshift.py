@@ -38,7 +38,6 @@ def euler256(digits):
     return record("euler", Empirical(digits), x, sigmas)
 
 
-@pytest.mark.slow
 def test_euler_with_the_optimal_denoiser_is_annealed_mean_shift(digits, euler256):
     sigmas = grids.edm(18)
     x0 = euler256.x[0, :32]
@@ -107,7 +106,6 @@ def test_optimal_euler_steps_never_lower_the_kde_likelihood(digits):
     assert float(wrong.min()) < -1.0  # the same check fails for it
 
 
-@pytest.mark.slow
 def test_optimal_sampling_memorises_training_images(digits, euler256):
     mem = memorization(euler256.final, digits, threshold=1e-3)
     assert mem["memorized"] >= 0.99, mem["memorized"]
@@ -117,7 +115,6 @@ def test_optimal_sampling_memorises_training_images(digits, euler256):
     assert memorization(mid, digits, scale=mem["scale"])["memorized"] == 0.0
 
 
-@pytest.mark.slow
 def test_denoising_trajectory_is_closer_to_the_sample_after_the_first_step(euler256):
     final = euler256.final
     dist_x = distance_to_final(euler256.x, final)          # [19, 256]
