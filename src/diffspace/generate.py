@@ -241,12 +241,13 @@ def sample(net, seeds: Sequence[int], *, sampler: str = "edm", options: dict | N
            grid: str = "edm", sigma_min: float | None = None, sigma_max: float | None = None, rho: float = 7.0,
            sigmas: torch.Tensor | None = None, class_idx: int | None = None, shape: Sequence[int] | None = None,
            device: str | torch.device = "cpu", callback=None, stats: dict | None = None,
-           model=None) -> tuple[torch.Tensor, torch.Tensor | None]:
+           model=None, jump_at: int | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One batch: (samples float64 [len(seeds), *shape], class indices [len(seeds)] or None).
 
     Per seed, in EDM's order: latents ~ N(0, I) (float32), a random class (conditional nets; `class_idx` then
     overrides it), then every noise draw of the sampler. `sigmas` overrides the grid options. `model`: the
-    callable the sampler evaluates (e.g. a MicroBatched wrapper of `net`); default `net`.
+    callable the sampler evaluates (e.g. a MicroBatched wrapper of `net`); default `net`. `jump_at=K`: ODE-Jump,
+    stop at step K and return that step's denoised estimate (diffspace.geometry.jump).
     """
     from diffspace.samplers import StackedRandom, ablation
 
@@ -269,6 +270,8 @@ def sample(net, seeds: Sequence[int], *, sampler: str = "edm", options: dict | N
         onehot = torch.eye(label_dim, device=device)[labels]
     model = net if model is None else model
     if call is None:  # EDM's Table-1 sampler builds its own grid from the options.
+        if jump_at is not None:
+            raise ConfigError("--jump-at works with the registered samplers, not 'ablation'")
         if sigmas is not None:
             raise ConfigError("sampler 'ablation' builds its own grid: use --grid-type/--steps, not explicit sigmas")
         if grid not in ("edm", "vp", "ve", "iddpm"):
@@ -280,6 +283,15 @@ def sample(net, seeds: Sequence[int], *, sampler: str = "edm", options: dict | N
         sigmas = noise_levels(net, steps, grid, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
                               final_zero=not positive_end)
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64).to(device)
+    if jump_at is not None:  # ODE-Jump: the sampler runs unchanged until step K, whose D(x; σ) is the output
+        from diffspace.geometry.jump import run_with_jump
+
+        def until_jump(m, x, s, callback):
+            return call(m, x, s, rnd, onehot, callback, None)
+
+        x = run_with_jump(until_jump, model, latents.to(device, torch.float64), sigmas, jump_at, callback=callback,
+                          stats=stats)
+        return x, labels
     return call(model, latents.to(device), sigmas, rnd, onehot, callback, stats), labels
 
 
@@ -298,7 +310,7 @@ def generate(net, seeds: Sequence[int], *, sampler: str = "edm", options: dict |
              sigmas: torch.Tensor | None = None, batch: int = 64, class_idx: int | None = None,
              shape: Sequence[int] | None = None, device: str | torch.device = "cpu", micro_batch: int | None = None,
              workers: int | None = None, callback=None, progress: bool = False,
-             on_batch: Callable[[Generated], None] | None = None) -> Generated:
+             on_batch: Callable[[Generated], None] | None = None, jump_at: int | None = None) -> Generated:
     """Images for `seeds` in batches of `batch`, identical for any batch size, process count or thread count.
 
     `micro_batch`: samples per network call (default 8 on CPU, 64 elsewhere; results depend on it). `workers`:
@@ -332,7 +344,7 @@ def generate(net, seeds: Sequence[int], *, sampler: str = "edm", options: dict |
                 x, lab = sample(net, part_seeds, sampler=sampler, options=options, steps=steps, grid=grid,
                                 sigma_min=sigma_min, sigma_max=sigma_max, rho=rho, sigmas=sigmas,
                                 class_idx=class_idx, shape=shape, device=device, callback=callback, stats=stats,
-                                model=model)
+                                model=model, jump_at=jump_at)
                 nfe = int(stats.get("nfe", 0))
                 part = Generated(to_uint8(x), part_seeds, None if lab is None else lab.cpu().numpy(), nfe)
                 images.append(part.images)
@@ -352,12 +364,14 @@ def generate(net, seeds: Sequence[int], *, sampler: str = "edm", options: dict |
 
 def check_sampler(net, sampler: str, options: dict | None = None, *, steps: int = 18, grid: str = "edm",
                   sigma_min: float | None = None, sigma_max: float | None = None,
-                  rho: float = 7.0) -> torch.Tensor | None:
+                  rho: float = 7.0, jump_at: int | None = None) -> torch.Tensor | None:
     """Validate a sampler, its options and the grid before any work; the noise levels it will use (None for
     'ablation', which builds its own)."""
     options = dict(options or {})
     if sampler == "ablation":
         _sampler_call(sampler, options)
+        if jump_at is not None:
+            raise ConfigError("--jump-at works with the registered samplers, not 'ablation'")
         if grid not in ("edm", "vp", "ve", "iddpm"):
             raise ConfigError(f"sampler 'ablation' supports grid types edm, vp, ve, iddpm, not {grid!r}")
         return None
@@ -365,8 +379,13 @@ def check_sampler(net, sampler: str, options: dict | None = None, *, steps: int 
     if positive_end:
         options.setdefault("denoise_to_zero", True)
     _sampler_call(sampler, options)
-    return noise_levels(net, steps, grid, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
-                        final_zero=not positive_end)
+    levels = noise_levels(net, steps, grid, sigma_min=sigma_min, sigma_max=sigma_max, rho=rho,
+                          final_zero=not positive_end)
+    if jump_at is not None:
+        from diffspace.geometry.jump import check_jump
+
+        check_jump(jump_at, levels)
+    return levels
 
 
 def load(path, *, which: str = "ema", device: str | torch.device = "cpu", on_skip: Callable[[str], None] | None = None):

@@ -38,3 +38,15 @@ def test_record_euler_steps_are_the_recorded_denoised_convex_combinations():
     for i in range(6):
         r = sigmas[i + 1] / sigmas[i]
         torch.testing.assert_close(t.x[i + 1], r * t.x[i] + (1 - r) * t.denoised[i], rtol=0, atol=1e-12)
+
+
+def test_record_float32_batch_invariance_and_nfe_at():
+    model, sigmas = _mixture(), grids.edm(6)
+    x = samplers.StackedRandom([0, 1, 2]).randn([4], dtype=torch.float64) * sigmas[0]
+    t32 = record("heun", model, x, sigmas, dtype=torch.float32)
+    assert t32.x.dtype == t32.denoised.dtype == torch.float32
+    assert t32.nfe_at.tolist() == [1, 3, 5, 7, 9, 11]  # Heun: 2 calls per step, D at the step start is the 2i+1-th
+    alone = record("heun", model, x[1:2], sigmas, dtype=torch.float32)
+    assert torch.equal(alone.x[:, 0], t32.x[:, 1]) and torch.equal(alone.denoised[:, 0], t32.denoised[:, 1])
+    afs = record("dpmpp_2m", model, x, sigmas, afs=True)  # the analytical first step costs no call
+    assert afs.nfe_at.tolist() == [0, 1, 2, 3, 4, 5] and afs.nfe == 5

@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("diffspace.cli.convert", "convert an NVlabs/edm snapshot (.pkl) into a diffspace checkpoint"),
     "reproduce": ("diffspace.cli.reproduce", "check the papers' verifiable claims and write a report"),
     "tune": ("diffspace.cli.tune", "choose the best sampler and time grid per NFE budget (GITS, AMED)"),
+    "analyze": ("diffspace.cli.analyze", "trajectories, mean shift, memorisation, ODE-Jump (geometric perspective)"),
 }
 
 

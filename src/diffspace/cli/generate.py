@@ -57,6 +57,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         g.add_argument(f"--{name}", dest=name, type=float, default=None, help=text)
     g.add_argument("--opt", action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option, repeatable (e.g. --opt afs=true, --opt solver=euler)")
+    g.add_argument("--jump-at", type=int, default=None, metavar="K",
+                   help="ODE-Jump: stop at step K (1..steps) and output that step's denoised estimate D(x; sigma); "
+                        "Euler then costs K NFE instead of steps")
     g.add_argument("--nfe", type=int, default=None,
                    help="with --schedule FILE.json from `diffspace tune`: the budget whose plan (sampler, options, "
                         "noise levels) to use")
@@ -167,6 +170,8 @@ def _scheduled(args: argparse.Namespace, net, options: dict):
         raise ConfigError("--nfe picks a plan of a schedule file: pass --schedule FILE.json (from diffspace tune) too")
     if options:
         raise ConfigError("--schedule sets the sampler and its options: drop --opt and the S_* flags")
+    if args.jump_at is not None:
+        raise ConfigError("--schedule sets the whole run: drop --jump-at")
     plan = load_schedule(args.schedule_file, args.nfe, model=net, force=args.force)
     return plan.sampler, plan.options, plan.sigmas, len(plan.sigmas) - 1
 
@@ -273,7 +278,7 @@ def run(args: argparse.Namespace) -> int:
         sampler, options, sigmas, args.steps = _scheduled(args, net, options)
     else:
         G.check_sampler(net, sampler, options, steps=args.steps, grid=grid, sigma_min=args.sigma_min,
-                        sigma_max=args.sigma_max, rho=args.rho)
+                        sigma_max=args.sigma_max, rho=args.rho, jump_at=args.jump_at)
 
     out = Outputs(args.outdir, args.npz, args.grid, args.subdirs)
     try:
@@ -286,7 +291,8 @@ def run(args: argparse.Namespace) -> int:
                                 grid=grid, sigma_min=args.sigma_min, sigma_max=args.sigma_max,
                                 rho=args.rho, sigmas=sigmas, batch=args.batch, class_idx=args.class_idx, shape=shape,
                                 device=device, micro_batch=args.micro_batch,
-                                progress=rank == 0 and not args.no_progress, on_batch=out.write_pngs)
+                                progress=rank == 0 and not args.no_progress, on_batch=out.write_pngs,
+                                jump_at=args.jump_at)
             out.write_part(rank, result)
         nfe = dist.broadcast_object(result.nfe if result is not None else 0)
         dist.barrier()

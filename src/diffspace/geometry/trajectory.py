@@ -21,6 +21,8 @@ class Trajectory:
     sigmas:    [K+1] the noise level of each row of `x` (σ_i at step i; the last grid level for the final row).
     sigma_hat: [K] the noise level at which step i's denoiser output was taken (σ̂_i > σ_i under churn).
     nfe:       denoiser evaluations of the whole run.
+    nfe_at:    [K] denoiser evaluations made by the time step i's denoised output was available (the cost of
+               stopping there: an ODE-Jump at step i+1); None when not recorded.
     """
 
     x: torch.Tensor
@@ -28,6 +30,7 @@ class Trajectory:
     sigmas: torch.Tensor
     sigma_hat: torch.Tensor
     nfe: int
+    nfe_at: torch.Tensor | None = None
 
     @property
     def final(self) -> torch.Tensor:
@@ -52,9 +55,11 @@ def record(sampler: str | Callable, model, x: torch.Tensor, sigmas, **options) -
     user_callback = options.pop("callback", None)
     stats = options.pop("stats", None)
     own_stats: dict = {}
-    xs, ds, sig, sig_hat = [], [], [], []
+    xs, ds, sig, sig_hat, nfe_at = [], [], [], [], []
+    counted = CountingModel(model)
 
     def callback(payload: dict) -> None:
+        nfe_at.append(counted.calls)
         xs.append(payload["x"].detach().clone())
         ds.append(payload["denoised"].detach().clone())
         sig.append(float(payload["sigma"]))
@@ -62,7 +67,7 @@ def record(sampler: str | Callable, model, x: torch.Tensor, sigmas, **options) -
         if user_callback is not None:
             user_callback(payload)
 
-    out = fn(model, x, sigmas, callback=callback, stats=own_stats, **options)
+    out = fn(counted, x, sigmas, callback=callback, stats=own_stats, **options)
     if stats is not None:
         stats["nfe"] = stats.get("nfe", 0) + own_stats.get("nfe", 0)
     if not xs:
@@ -75,4 +80,19 @@ def record(sampler: str | Callable, model, x: torch.Tensor, sigmas, **options) -
         sigmas=torch.tensor([*sig, float(grid[-1])], dtype=torch.float64),
         sigma_hat=torch.tensor(sig_hat, dtype=torch.float64),
         nfe=int(own_stats.get("nfe", 0)),
+        nfe_at=torch.tensor(nfe_at, dtype=torch.long),
     )
+
+
+class CountingModel:
+    """A denoiser that counts its calls; every other attribute (sigma_min, round_sigma, …) is the wrapped one's."""
+
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __getattr__(self, name):
+        return getattr(self.__dict__["model"], name)
+
+    def __call__(self, x, sigma, **kwargs):
+        self.calls += 1
+        return self.model(x, sigma, **kwargs)
