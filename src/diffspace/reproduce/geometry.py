@@ -51,7 +51,7 @@ def mean_shift_identity(quick: bool, seed: int, mean_shift=None) -> Outcome:
     d64 = D(near, torch.tensor(0.002, dtype=torch.float64))
     d32 = D(near.float(), torch.tensor(0.002))
     f32_err = float((d32.double() - d64).abs().max())
-    ok = path_err < 1e-12 and one < 1e-12 and bool(torch.isfinite(d32).all()) and f32_err < 1e-4
+    ok = path_err < 1e-12 and one < 1e-10 and bool(torch.isfinite(d32).all()) and f32_err < 1e-4
     return Outcome(f"Euler vs annealed mean shift over 18 steps: max |diff| {path_err:.1e}; single step at sigma in "
                    f"{{80, 1, 0.1, 0.002}}: {one:.1e}; float32 at sigma=0.002: finite, max |diff| to float64 "
                    f"{f32_err:.1e}", PASS if ok else FAIL,
@@ -232,3 +232,34 @@ def amed_direction(quick: bool, seed: int) -> Outcome:
     return Outcome("best-r error / midpoint error per step: " + ", ".join(f"{q:.2f}" for q in ratio)
                    + f" ({problem.name}, 5-step rho=7 grid)", PASS if ok else FAIL,
                    {"best": best, "midpoint": half}, draw)
+
+
+@claim("gits.18", source="Chen et al. 2024 (GITS)", title="GITS time grids lower the error at 5-10 NFE", quick=False,
+       prediction="a grid chosen by dynamic programming on the teacher's cost matrix (61-level rho=7 iPNDM teacher, "
+                  "coeff 1.15) gives iPNDM a lower error than the rho=7 grid at 5, 6, 8 and 10 NFE")
+def gits_grids(quick: bool, seed: int, solve_dp=None) -> Outcome:
+    from diffspace import samplers
+    from diffspace.samplers import problems
+    from diffspace.samplers.reference import solve
+
+    teacher_costs, default_dp = need("diffspace.tune.gits", "teacher_costs", "solve_dp")
+    solve_dp = solve_dp or default_dp
+    problem = problems.get("gmm3x32x32", seed=seed)
+    lo, hi = problem.sigma_min, problem.sigma_max
+    table = teacher_costs(problem.denoiser, shape=problem.shape, warmup=64 if quick else 256, seed=seed)
+    x = latents(problem, 16, seed + 1000) * hi  # held-out seeds, not among the warm-up ones
+    ref = solve(problem.denoiser, x, hi, lo, rtol=1e-8, atol=1e-8)
+    budgets = [5, 6, 8, 10]
+    errs: dict[str, list[float]] = {"ipndm, rho=7": [], "ipndm, GITS": [], "euler, rho=7": [], "euler, GITS": []}
+    for nfe in budgets:  # 1 NFE per step on a grid ending above 0
+        for name in ("ipndm", "euler"):
+            for label, sig in (("rho=7", grids.edm(nfe + 1, lo, hi, append_zero=False)),
+                               ("GITS", table.sigmas[solve_dp(table.C, nfe)])):
+                out = samplers.get(name)(problem.denoiser, x, sig)
+                errs[f"{name}, {label}"].append(float((out - ref).flatten(1).norm(dim=1).mean())
+                                               / math.sqrt(problem.dim))
+    ok = all(g < r for g, r in zip(errs["ipndm, GITS"], errs["ipndm, rho=7"]))
+    return Outcome("RMS error at NFE " + ", ".join(map(str, budgets)) + ": " + "; ".join(
+        f"{k} " + "/".join(f"{v:.2e}" for v in vs) for k, vs in errs.items()) + " (gmm3x32x32, 16 held-out seeds)",
+        PASS if ok else FAIL, {"nfe": budgets, "errors": errs},
+        lambda fig: loglog(fig, budgets, errs, "NFE", "RMS endpoint error", "gmm3x32x32"))
