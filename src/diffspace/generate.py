@@ -228,12 +228,12 @@ def _sampler_call(name: str, options: dict) -> Callable:
 
 
 def needs_positive_end(sampler: str) -> bool:
-    """Samplers with a `denoise_to_zero` option (Li et al. forms A, C, D, F) stop at σ_min > 0."""
+    """Samplers that stop at σ_min > 0 (Li et al. forms A, C, D, F; adaptive samplers)."""
     if sampler == "ablation":
         return False
     from diffspace import samplers
 
-    return "denoise_to_zero" in samplers.get(sampler).options
+    return samplers.get(sampler).positive_end
 
 
 @torch.no_grad()

@@ -18,7 +18,7 @@ from diffspace.errors import ConfigError
 from .problems_fixture import gmm
 
 # Samplers that stop at σ_min > 0 (Li et al.'s forms A, C, D, F) are the ones with a denoise_to_zero option.
-POSITIVE_END = {n for n in samplers.names() if "denoise_to_zero" in samplers.get(n).options}
+POSITIVE_END = {n for n in samplers.names() if samplers.get(n).positive_end}
 
 
 class Denoiser32(nn.Module):

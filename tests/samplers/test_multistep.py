@@ -18,7 +18,7 @@ from .problems_fixture import FixedNoise, run_scalar
 
 M, V = -0.4, 0.5  # 1-D Gaussian target N(M, V)
 G = Gaussian(torch.tensor([M], dtype=torch.float64), torch.tensor(V, dtype=torch.float64))
-POSITIVE_END = {"ddim_type", "ddpm_type", "accel_sde", "accel_ode2", "dpm_adaptive"}
+POSITIVE_END = {n for n in samplers.names() if samplers.get(n).positive_end}
 ADAPTIVE = {"dpm_adaptive"}  # NFE chosen at run time (tests/samplers/test_adaptive.py)
 
 

@@ -249,7 +249,7 @@ def measure(problem: Problem, names: Sequence[str], *, steps: Sequence[int] | No
     exact_end: dict[float, torch.Tensor] = {}
 
     for entry in entries:
-        if getattr(entry.nfe_fn, "adaptive", False):
+        if entry.adaptive:
             result.skipped[entry.name] = "adaptive step size: step counts and NFE budgets do not apply"
             continue
         opts = _options_for(entry, options)

@@ -13,7 +13,7 @@ import inspect
 import math
 import numbers
 import typing
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 
@@ -57,6 +57,8 @@ def _kinds(fn: Callable) -> dict[str, tuple[set, bool, object]]:
         hint = hints.get(name)
         args = typing.get_args(hint) if hint is not None and typing.get_args(hint) else (hint,)
         kinds = {a for a in args if a in (bool, int, float, str)}
+        if kinds and any(typing.get_origin(a) in (list, tuple, Sequence, Iterable) for a in args):
+            kinds.add(list)  # also one value per step (e.g. AMED's r and c): each element is checked
         optional = type(None) in args or p.default is None
         if not kinds and p.default is not None and type(p.default) in (bool, int, float, str):
             kinds = {type(p.default)}
@@ -76,6 +78,9 @@ def _number(value):
 
 def _check_one(sampler: str, name: str, value, kinds: set, optional: bool, default):
     where = f"sampler {sampler!r} option {name}={value!r}"
+    if list in kinds and (isinstance(value, (list, tuple)) or (isinstance(value, torch.Tensor) and value.ndim > 0)):
+        return [_check_one(sampler, name, v, kinds - {list}, False, default) for v in value]
+    kinds = kinds - {list}
     if value is None:
         if optional:
             return None
@@ -140,6 +145,9 @@ def parse(sampler: str, fn: Callable, items: Iterable[str], known: Iterable[str]
 
 
 def _parse_value(sampler: str, key: str, text: str, kinds: set, optional: bool, default):
+    if list in kinds and "," in text:
+        return [_parse_value(sampler, key, t.strip(), kinds - {list}, False, default) for t in text.split(",")]
+    kinds = kinds - {list}
     lower = text.lower()
     if optional and lower in ("none", "null"):
         return None

@@ -36,6 +36,17 @@ class Sampler:
         params = inspect.signature(self.nfe_fn).parameters
         return int(self.nfe_fn(torch.as_tensor(sigmas), **{k: v for k, v in options.items() if k in params}))
 
+    @property
+    def adaptive(self) -> bool:
+        """True when the sampler chooses its own steps (its NFE is known only after the run)."""
+        return bool(getattr(self.nfe_fn, "adaptive", False))
+
+    @property
+    def positive_end(self) -> bool:
+        """True when the grid must end at σ_min > 0: Li et al.'s forms A, C, D, F (which take `denoise_to_zero`)
+        and adaptive samplers, which step in log σ."""
+        return "denoise_to_zero" in self.options or self.adaptive
+
     def check_options(self, options: dict) -> dict:
         """Refuse options this sampler does not take, and values of the wrong type or range, by name; the options
         with checked types (numbers as int/float)."""
