@@ -10,7 +10,7 @@ benchmarks/results/compare_k_diffusion.json (or OUT/compare_k_diffusion.json wit
 Both modes run k-diffusion itself and exit non-zero when a pair that should agree differs by more than 1e-11
 (float64 round-off over a few dozen steps stays below 1e-12 here).
 
-k-diffusion is not a dependency: see benchmarks/peers.py for how to install it and how it is loaded.
+k-diffusion is not a dependency: see benchmarks/lib/peers.py for how to install it and how it is loaded.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from peers import K_INSTALL, load_k_sampling, version
+from lib.peers import K_INSTALL, load_k_sampling, version
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems

@@ -52,8 +52,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rounds", type=int, default=None, help="timed rounds (default 7, 3 with --quick)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=None,
-                        help="results path without suffix (default benchmarks/results/empirical_speed; --quick writes "
-                             "nothing unless --out is given)")
+                        help="results path without suffix: PATH.json and PATH.md (default: empirical_speed.json and "
+                             ".md in benchmarks/results/; --quick writes nothing unless --out is given)")
     args = parser.parse_args(argv)
 
     import torch

@@ -8,7 +8,7 @@ and without AFS).
 diff-solvers' data-prediction UniPC clips D by dynamic thresholding; its thresholding function is replaced by
 the identity here so that the update rules are compared (diffspace never thresholds). k-diffusion's
 sample_dpm_adaptive builds its σ end points in float32; it is called through its DPMSolver class with float64
-end points. Peers are optional (see benchmarks/peers.py and lownfe_peers.py).
+end points. Peers are optional (see benchmarks/lib/peers.py and lownfe_peers.py).
 """
 
 from __future__ import annotations
@@ -17,10 +17,11 @@ import argparse
 import json
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
-from peers import load_k_sampling
+from lib.peers import load_k_sampling
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems
@@ -32,7 +33,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--diff-solvers", type=Path, default=None)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--outdir", type=Path, default=RESULTS)
+    p.add_argument("--outdir", type=Path, default=None,
+                   help="where to write results (default benchmarks/results; --quick: a new temporary folder)")
     args = p.parse_args()
     D = problems.image_mixture((3, 8, 8), 4, 0)
     lat = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
@@ -95,6 +97,8 @@ def main() -> None:
     print(text)
     if not pairs:
         print("note: no peer available (install k-diffusion, give --diff-solvers PATH)")
+    if args.outdir is None:
+        args.outdir = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else RESULTS
     args.outdir.mkdir(parents=True, exist_ok=True)
     stem = "lownfe_parity_quick" if args.quick else "lownfe_parity"
     for suffix, content in ((".json", json.dumps({"steps": list(step_counts), "max_abs_diff": pairs}, indent=1)

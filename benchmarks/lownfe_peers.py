@@ -9,7 +9,7 @@ rtol = atol = 1e-10), averaged over the batch. Each sampler takes the most steps
     python benchmarks/lownfe_peers.py --diff-solvers /tmp/diff-sampler/diff-solvers-main     # full run
     python benchmarks/lownfe_peers.py --quick                                                 # CI: small batch
 
-Peers are optional: k-diffusion is loaded as in benchmarks/peers.py; diff-solvers is imported from the folder
+Peers are optional: k-diffusion is loaded as in benchmarks/lib/peers.py; diff-solvers is imported from the folder
 given with --diff-solvers (the `diff-solvers-main` folder of zju-pi/diff-sampler, which holds solvers.py and
 solver_utils.py; nothing of it is copied here). A missing peer is skipped with a note, and so are the GITS and
 tuned rows when `diffspace.tune` is not available.
@@ -23,11 +23,12 @@ import math
 import os
 import platform
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
-from peers import load_k_sampling, version
+from lib.peers import load_k_sampling, version
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems
@@ -187,20 +188,23 @@ def adaptive_rows(ks, D, x0, ref, err, rtols):
     return rows
 
 
-def tune_rows(D, x0, budgets, ref, err, shape, notes):
+def tune_rows(D, x0, budgets, ref, err, shape, notes, quick=False):
     try:
         from diffspace import tune
+        from diffspace.tune.gits import steps_for_nfe, teacher_costs
     except ImportError:
         notes.append("GITS and tuned rows skipped: diffspace.tune is not available in this build")
         return []
     rows = []
+    table = teacher_costs(D, shape=shape, warmup=16 if quick else 256)  # one cost matrix for every sampler/budget
     for sampler in ("ipndm", "dpmpp_2m", "euler"):
-        for afs in (False, True):
+        for afs in (False, True) if "afs" in samplers.get(sampler).options else (False,):
             o = {"afs": True} if afs else {}
             row = {"library": "diffspace", "sampler": f"{sampler} + GITS", "options": o, "cells": {}}
             for b in budgets:
                 try:
-                    sig = tune.gits(D, b, shape=shape, sampler=sampler, afs=afs)
+                    steps = steps_for_nfe(sampler, b, **o) - (1 if afs else 0)
+                    sig = table.grid(sampler, steps, afs=afs, model=D)
                     model, stats = Counted(D), {}
                     out = samplers.get(sampler)(model, x0 * float(sig[0]) / SIGMA_MAX, sig, stats=stats, **o)
                     row["cells"][b] = {"steps": len(sig) - 1, "nfe": model.calls, "error": err(out, ref),
@@ -208,9 +212,12 @@ def tune_rows(D, x0, budgets, ref, err, shape, notes):
                 except Exception as e:  # report, do not hide, a failure of the other module
                     row["cells"][b] = {"error": None, "failed": f"{type(e).__name__}: {e}"}
             rows.append(row)
+    if quick:
+        notes.append("tuned (autotune) rows: full mode only (the search takes minutes)")
+        return rows
     try:
         plans = tune.autotune(D, list(budgets), shape=shape, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
-        plans = plans if isinstance(plans, (list, tuple)) else [plans]
+        plans = list(plans.values()) if isinstance(plans, dict) else [plans]
         row = {"library": "diffspace", "sampler": "tuned (autotune)", "options": {}, "cells": {}}
         for plan in plans:
             model = Counted(D)
@@ -290,7 +297,8 @@ def main() -> None:
     p.add_argument("--rtol", type=float, default=1e-10, help="tolerance of the reference solution")
     p.add_argument("--nfe", default="4,5,6,8,10,20")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--outdir", type=Path, default=RESULTS)
+    p.add_argument("--outdir", type=Path, default=None,
+                   help="where to write results (default benchmarks/results; --quick: a new temporary folder)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     budgets = [5, 10] if args.quick else [int(v) for v in args.nfe.split(",")]
@@ -312,7 +320,7 @@ def main() -> None:
     rows = ours_rows(D, x0, budgets, ref, err)
     ks = load_k_sampling()
     if ks is None:
-        notes.append("k-diffusion rows skipped: k-diffusion is not installed (see benchmarks/peers.py)")
+        notes.append("k-diffusion rows skipped: k-diffusion is not installed (see benchmarks/lib/peers.py)")
     else:
         rows += k_rows(ks, D, x0, budgets, ref, err)
     if args.diff_solvers is None:
@@ -321,7 +329,7 @@ def main() -> None:
         sys.exit(f"--diff-solvers {args.diff_solvers}: no solvers.py there; give diff-sampler's diff-solvers-main")
     else:
         rows += diff_solvers_rows(args.diff_solvers, D, x0, budgets, ref, err)
-    rows += tune_rows(D, x0, budgets, ref, err, problem.shape, notes)
+    rows += tune_rows(D, x0, budgets, ref, err, problem.shape, notes, quick=args.quick)
     adaptive = adaptive_rows(ks, D, x0, ref, err, [0.5, 0.2, 0.05] if args.quick else [0.5, 0.2, 0.1, 0.05, 0.02])
     info = {
         "problem": problem.description, "grid": f"rho={RHO:g}, sigma {SIGMA_MAX:g} -> {SIGMA_MIN:g}, no final 0",
@@ -338,6 +346,8 @@ def main() -> None:
     print(text)
     for n in notes:
         print("note:", n)
+    if args.outdir is None:
+        args.outdir = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else RESULTS
     args.outdir.mkdir(parents=True, exist_ok=True)
     stem = "lownfe_peers_quick" if args.quick else "lownfe_peers"
     for suffix, content in ((".json", json.dumps(info, indent=1) + "\n"), (".md", text)):

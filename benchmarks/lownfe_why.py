@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -60,7 +61,8 @@ def analyse(problem, x0, steps: int, tol: float) -> list[dict]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--outdir", type=Path, default=RESULTS)
+    p.add_argument("--outdir", type=Path, default=None,
+                   help="where to write results (default benchmarks/results; --quick: a new temporary folder)")
     args = p.parse_args()
     torch.set_num_threads(2)
     problem = problems.get("gmm3x32x32")
@@ -81,6 +83,8 @@ def main() -> None:
         lines.append("")
     text = "\n".join(lines)
     print(text)
+    if args.outdir is None:
+        args.outdir = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else RESULTS
     args.outdir.mkdir(parents=True, exist_ok=True)
     stem = "lownfe_why_quick" if args.quick else "lownfe_why"
     for suffix, content in ((".json", json.dumps(out, indent=1) + "\n"), (".md", text)):

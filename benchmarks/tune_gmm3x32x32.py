@@ -13,6 +13,7 @@ import argparse
 import json
 import math
 import platform
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,14 +76,15 @@ def main() -> None:
     lines.append("| tuned plan | " + " | ".join(rows[n]["tuned plan"] for n in budgets) + " |")
     md = "\n".join(lines)
     print(md)
-    OUT.mkdir(exist_ok=True)
+    out = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else OUT  # quick: never the results
+    out.mkdir(exist_ok=True)
     stem = "tune_gmm3x32x32" + ("_quick" if args.quick else "" if args.seeds == 32 else f"_seeds{args.seeds}")
     meta = dict(problem="gmm3x32x32", eval_seeds=n_eval, warmup=warmup, heldout=heldout, tune_seconds=t_tune,
                 machine=platform.platform(), threads=torch.get_num_threads())
-    (OUT / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows,
+    (out / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows,
                                                   "plans": {n: p.to_dict() for n, p in result.plans.items()}},
                                                  indent=1) + "\n")
-    (OUT / f"{stem}.md").write_text(f"# {__doc__.splitlines()[0]}\n\n{md}\n\ntuner table:\n\n```\n"
+    (out / f"{stem}.md").write_text(f"# {__doc__.splitlines()[0]}\n\n{md}\n\ntuner table:\n\n```\n"
                                     f"{format_table(result)}\n```\n")
 
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if not p.name.startswith("_"))
-# Scripts whose quick mode another test already runs (with checks of what it writes).
-ELSEWHERE = {"gpu_check.py": "tests/test_gpu_check.py runs it through scripts/gpu-check.sh --cpu"}
+# gpu_check.py's quick mode is run by tests/test_gpu_check.py (through scripts/gpu-check.sh --cpu, with checks of
+# what it writes); shared helpers live in benchmarks/lib/.
+SCRIPTS = sorted(p for p in (ROOT / "benchmarks").glob("*.py") if p.name != "gpu_check.py")
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
@@ -32,8 +32,6 @@ def test_benchmarks_are_found():
 @pytest.mark.slow
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)
 def test_quick_mode_runs(script, tmp_path):
-    if script.name in ELSEWHERE:
-        pytest.skip(ELSEWHERE[script.name])
     results = ROOT / "benchmarks" / "results"
     before = _snapshot(results)
     env = dict(os.environ, OMP_NUM_THREADS="1", TMPDIR=str(tmp_path), PYTHONPATH=os.pathsep.join(
