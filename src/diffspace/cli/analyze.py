@@ -111,9 +111,8 @@ def _command(args) -> str:
 
 def _settings(args):
     from diffspace.errors import ConfigError
-    from diffspace.generate import parse_options
     from diffspace.geometry.analysis import Settings
-    from diffspace.samplers import get, parse_seeds
+    from diffspace.samplers import parse_options, parse_seeds
 
     seeds = parse_seeds(args.seeds or (QUICK_SEEDS if args.quick else FULL_SEEDS))
     fid = parse_seeds(args.fid_seeds or ("0-99" if args.quick else "0-999")) if args.features else []
@@ -123,10 +122,9 @@ def _settings(args):
         raise ConfigError("--interp-points must be >= 2 and --interp-pairs >= 1")
     if not 0 < args.sigma_min < args.sigma_max:
         raise ConfigError(f"--sigma-min {args.sigma_min} and --sigma-max {args.sigma_max} need 0 < min < max")
-    options = parse_options(args.opt)
-    if "noise" in options:
+    if any(str(o).partition("=")[0].strip() == "noise" for o in args.opt):
         raise ConfigError("the noise source is analyze's own (one generator per seed): drop the 'noise' option")
-    get(args.sampler).check_options(options)
+    options = parse_options(args.sampler, args.opt)  # typed and checked with the sampler's own options
     pairs = args.interp_pairs or (2 if args.quick else 8)
     return Settings(sampler=args.sampler, steps=args.steps, seeds=seeds, sigma_min=args.sigma_min,
                     sigma_max=args.sigma_max, rho=args.rho, options=options, threshold=args.threshold,
