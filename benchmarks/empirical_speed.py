@@ -27,15 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from lib.machine import cpu_name
 
 
 def _timed(fn) -> tuple[float, object]:
@@ -105,7 +97,7 @@ def main(argv=None) -> int:
         rows.append({"method": name, "median_s": statistics.median(ts), "min_s": min(ts),
                      "gflops": (2 if two_products else 1) * flops_mm / statistics.median(ts) / 1e9,
                      "share_of_mm64_rate": statistics.median(share), "max_abs_diff_vs_plain64": diff})
-    machine = {"cpu": _cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "cores": os.cpu_count(), "torch": torch.__version__,
                "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
                "load_average_at_start": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     header = (f"Empirical on {n} x {d} data, {B} queries, sigma {sigma}; {rounds} rounds; "

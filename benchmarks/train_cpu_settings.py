@@ -29,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from lib.machine import cpu_name
+
 ROOT = Path(__file__).resolve().parents[1]
 SETTINGS = ("default", "passive", "passive-1thread")
 NET = '{"model_channels": 32, "channel_mult": [1, 2, 2], "num_blocks": 1, "attn_resolutions": []}'
@@ -130,7 +132,7 @@ def main() -> None:
     import torch
 
     machine = {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-               "torch": torch.__version__, "processor": _cpu_name()}
+               "torch": torch.__version__, "processor": cpu_name()}
     lines = ["| competing busy loops | setting | img/s (median) | min | max | vs default |",
              "|---|---|---|---|---|---|"]
     for s in summary:
@@ -153,16 +155,6 @@ def main() -> None:
         f"{machine['torch']}.\n\n{table}\n\nThe 1-minute load average at the start of each run is in the JSON file "
         f"(`loadavg_1min`). {args.note}\n")
     print(f"wrote {out}/train_cpu_settings.json and .md")
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 if __name__ == "__main__":

@@ -27,19 +27,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from lib.machine import cpu_name
+
 CONFIGS = {"ddpmpp": 8, "ddpmpp-small": 32}  # network preset -> batch size
 VARIANTS = ("fp32", "bf16", "channels_last", "compile")
 QUICK = {"archs": "ddpmpp-small", "variants": "fp32,bf16,channels_last", "steps": 1, "warmup": 1, "batch": 4}
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def measure(arch: str, batch: int, variant: str, steps: int, warmup: int, device: str) -> dict:
@@ -163,7 +155,7 @@ def main() -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    machine = {"cpu": _cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
+    machine = {"cpu": cpu_name(), "logical_cpus": os.cpu_count(), "torch": torch.__version__,
                "python": platform.python_version(), "device": args.device,
                "gpu": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else None,
                "torch_threads": torch.get_num_threads(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
