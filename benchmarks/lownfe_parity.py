@@ -14,19 +14,15 @@ end points. Peers are optional (see benchmarks/lib/peers.py and lownfe_peers.py)
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 from lib.peers import load_k_sampling
+from lib.results import write_results
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -97,17 +93,8 @@ def main() -> None:
     print(text)
     if not pairs:
         print("note: no peer available (install k-diffusion, give --diff-solvers PATH)")
-    if args.outdir is None:
-        args.outdir = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else RESULTS
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    stem = "lownfe_parity_quick" if args.quick else "lownfe_parity"
-    for suffix, content in ((".json", json.dumps({"steps": list(step_counts), "max_abs_diff": pairs}, indent=1)
-                             + "\n"), (".md", text)):
-        path = args.outdir / (stem + suffix)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
-
+    write_results("lownfe_parity", {"steps": list(step_counts), "max_abs_diff": pairs}, text, quick=args.quick,
+                  outdir=args.outdir)
 
 if __name__ == "__main__":
     main()

@@ -18,23 +18,21 @@ tuned rows when `diffspace.tune` is not available.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 from lib.peers import load_k_sampling, version
+from lib.results import write_results
 
 from diffspace import grids, samplers
 from diffspace.samplers import problems
 from diffspace.samplers.reference import solve
 
-RESULTS = Path(__file__).parent / "results"
 SIGMA_MIN, SIGMA_MAX, RHO = 0.002, 80.0, 7.0
 # Deterministic diffspace samplers and the option sets measured (duplicates left out: ddim = euler, edm = heun
 # with S_churn = 0, lms = ipndm).
@@ -346,17 +344,8 @@ def main() -> None:
     print(text)
     for n in notes:
         print("note:", n)
-    if args.outdir is None:
-        args.outdir = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else RESULTS
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    stem = "lownfe_peers_quick" if args.quick else "lownfe_peers"
-    for suffix, content in ((".json", json.dumps(info, indent=1) + "\n"), (".md", text)):
-        path = args.outdir / (stem + suffix)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
+    for path in write_results("lownfe_peers", info, text, quick=args.quick, outdir=args.outdir):
         print(f"wrote {path}", file=sys.stderr)
-
 
 if __name__ == "__main__":
     main()

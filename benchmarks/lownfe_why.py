@@ -12,21 +12,17 @@ in λ = −log σ misses the next value (σ'·ε for the noise form, the scale a
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
+from lib.results import write_results
 
 from diffspace import grids
 from diffspace.samplers import problems
 from diffspace.samplers.reference import solve
-
-RESULTS = Path(__file__).parent / "results"
 
 
 def analyse(problem, x0, steps: int, tol: float) -> list[dict]:
@@ -83,16 +79,7 @@ def main() -> None:
         lines.append("")
     text = "\n".join(lines)
     print(text)
-    if args.outdir is None:
-        args.outdir = Path(tempfile.mkdtemp(prefix="diffspace-bench-")) if args.quick else RESULTS
-    args.outdir.mkdir(parents=True, exist_ok=True)
-    stem = "lownfe_why_quick" if args.quick else "lownfe_why"
-    for suffix, content in ((".json", json.dumps(out, indent=1) + "\n"), (".md", text)):
-        path = args.outdir / (stem + suffix)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(content)
-        os.replace(tmp, path)
-
+    write_results("lownfe_why", out, text, quick=args.quick, outdir=args.outdir)
 
 if __name__ == "__main__":
     main()
