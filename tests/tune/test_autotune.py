@@ -60,6 +60,31 @@ def test_autotune_returns_plan_or_dict():
     assert sorted(plans) == [2, 3]
 
 
+def test_sampler_specs_carry_fixed_options_into_the_plan():
+    assert tune.tuning.parse_spec("dpm_3m[lower_order_final=false; compat=true]") == (
+        "dpm_3m", {"lower_order_final": False, "compat": True})
+    assert tune.tuning.parse_spec("ipndm_v[max_order=3]") == ("ipndm_v", {"max_order": 3})
+    assert tune.tuning.split_specs("euler, unipc[variant=bh1;predict_x0=false],dpm_2m") == [
+        "euler", "unipc[variant=bh1;predict_x0=false]", "dpm_2m"]
+    P = problems.get("gmm2")
+    # Only the variant and the default compete: the plan is one of them, with the variant's option kept.
+    result = tune.search(P.denoiser, 6, shape=P.shape, samplers=["dpm_3m[lower_order_final=false]"], gits=False,
+                         amed=False, afs=False, warmup=4, heldout=4, rhos=(7.0,))
+    labels = {r.sampler for r in result.rows}
+    assert labels == {"dpm_3m[lower_order_final=false]", "dpmpp_2m"}
+    plan = result.plans[6]
+    if plan.sampler == "dpm_3m":
+        assert plan.options == {"lower_order_final": False} and plan.label.startswith("dpm_3m[")
+        sig = plan.sigmas
+        lat = _latents(P.shape, range(4, 8)) * sig[0]
+        ref = samplers.get("dpm_3m")(P.denoiser, lat, sig, lower_order_final=False)
+        assert torch.equal(plan(P.denoiser, lat), ref)
+    for bad, msg in (("dpm_3m[lower_order_final]", "not key=value"), ("dpm_3m[nope=1]", "nope"),
+                     ("dpm 3m", "not NAME"), ("ipndm[afs=true]", "leave afs out")):
+        with pytest.raises(ConfigError, match=msg):
+            tune.search(P.denoiser, 6, shape=P.shape, samplers=[bad], gits=False, amed=False, warmup=2, heldout=2)
+
+
 def test_autotune_bad_input():
     P = problems.get("gmm2")
     with pytest.raises(ConfigError, match="below the minimum NFE"):

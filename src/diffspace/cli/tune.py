@@ -23,8 +23,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                                                    "(gmm2, gmm64, gmm3x32x32, gaussian)")
     g = p.add_argument_group("search")
     g.add_argument("--nfe", default="5,10", help="NFE budgets, e.g. 4,5,6,8,10 (default 5,10)")
-    g.add_argument("--samplers", default=None, help="comma-separated samplers (default: euler, heun, dpm_2, dpmpp_2m, "
-                                                     "dpmpp_3m, ipndm, amed, amed_ipndm, amed_dpmpp_2m)")
+    g.add_argument("--samplers", default=None,
+                   help="comma-separated samplers, each NAME or NAME[key=value;...] for fixed options (default: "
+                        "euler, heun, dpm_2, dpmpp_2m, dpmpp_3m, ipndm, ipndm_v, dpm_2m, dpm_3m, "
+                        "dpm_3m[lower_order_final=false], unipc, unipc[predict_x0=false], amed, amed_ipndm, "
+                        "amed_dpmpp_2m)")
     g.add_argument("--rhos", default="3,5,7,10", help="exponents of the ρ-grids searched (default 3,5,7,10)")
     g.add_argument("--warmup", type=int, default=32, help="warm-up seeds for the search (default 32)")
     g.add_argument("--heldout", type=int, default=32, help="held-out seeds for the choice (default 32)")
@@ -105,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
             raise ConfigError(f"--threads {args.threads} must be >= 1")
         torch.set_num_threads(args.threads)
     model, shape, digest, source, lo, hi = load_model(args)
-    names = [s.strip() for s in args.samplers.split(",") if s.strip()] if args.samplers else None
+    names = A.split_specs(args.samplers) if args.samplers else None
     with torch.no_grad():
         result = A.search(model, budgets, shape=shape, sigma_min=lo, sigma_max=hi, seed=args.seed, samplers=names,
                           rhos=rhos, warmup=args.warmup, heldout=args.heldout, teacher_steps=args.teacher_steps,

@@ -114,4 +114,4 @@ def load_schedule(path, nfe: int | None = None, *, model=None, force: bool = Fal
     p = plans[int(nfe)]
     samplers.get(p["sampler"]).check_options(p["options"])
     return Plan(p["sampler"], dict(p["options"]), torch.tensor(p["sigmas"], dtype=torch.float64), int(p["nfe"]),
-                p.get("family", ""), dict(p.get("errors", {})))
+                p.get("family", ""), dict(p.get("errors", {})), p.get("spec", ""))

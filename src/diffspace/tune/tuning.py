@@ -12,6 +12,7 @@ solution from the same latent, averaged over seeds.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -19,10 +20,43 @@ import torch
 
 from diffspace.errors import ConfigError
 
-DEFAULT_SAMPLERS = ("euler", "heun", "dpm_2", "dpmpp_2m", "dpmpp_3m", "ipndm", "amed", "amed_ipndm",
+DEFAULT_SAMPLERS = ("euler", "heun", "dpm_2", "dpmpp_2m", "dpmpp_3m", "ipndm", "ipndm_v", "dpm_2m", "dpm_3m",
+                    "dpm_3m[lower_order_final=false]", "unipc", "unipc[predict_x0=false]", "amed", "amed_ipndm",
                     "amed_dpmpp_2m")
 DEFAULT = ("dpmpp_2m", "rho7")
 AMED_SAMPLERS = ("amed", "amed_euler", "amed_ipndm", "amed_dpmpp_2m")
+
+
+def parse_spec(spec: str) -> tuple[str, dict]:
+    """A candidate sampler spec, `name` or `name[key=value;key=value]`, as (name, fixed options); values are
+    read as booleans (true/false), numbers or strings, e.g. `dpm_3m[lower_order_final=false]`."""
+    m = re.fullmatch(r"\s*([A-Za-z0-9_]+)\s*(?:\[(.*)\])?\s*", spec)
+    if m is None:
+        raise ConfigError(f"sampler spec {spec!r} is not NAME or NAME[key=value;...], "
+                          "e.g. dpm_3m[lower_order_final=false]")
+    options = {}
+    for item in filter(None, (part.strip() for part in (m.group(2) or "").split(";"))):
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise ConfigError(f"option {item!r} in sampler spec {spec!r} is not key=value")
+        options[key.strip()] = _value(value.strip())
+    return m.group(1), options
+
+
+def _value(text: str):
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return text
+
+
+def split_specs(text: str) -> list[str]:
+    """Comma-separated sampler specs; commas inside [...] do not split."""
+    return [s.strip() for s in re.split(r",(?![^\[]*\])", text) if s.strip()]
 
 
 @dataclass
@@ -35,6 +69,7 @@ class Plan:
     nfe: int
     family: str = ""
     errors: dict = field(default_factory=dict)
+    spec: str = ""  # the candidate's sampler spec (name plus fixed options) when it differs from `sampler`
 
     def __call__(self, model, x: torch.Tensor, **kwargs) -> torch.Tensor:
         from diffspace import samplers
@@ -43,11 +78,11 @@ class Plan:
 
     @property
     def label(self) -> str:
-        return candidate_label(self.sampler, self.family, bool(self.options.get("afs")))
+        return candidate_label(self.spec or self.sampler, self.family, bool(self.options.get("afs")))
 
     def to_dict(self) -> dict:
         return {"nfe": self.nfe, "sampler": self.sampler, "options": self.options, "family": self.family,
-                "sigmas": [float(s) for s in self.sigmas], "errors": self.errors}
+                "sigmas": [float(s) for s in self.sigmas], "errors": self.errors, "spec": self.spec or self.sampler}
 
 
 def candidate_label(sampler: str, family: str, afs: bool) -> str:
@@ -105,17 +140,24 @@ def search(model, nfe: int | Sequence[int], *, shape: Sequence[int], sigma_min: 
     if warmup < 1 or heldout < 1:
         raise ConfigError(f"warmup={warmup} and heldout={heldout} must be >= 1")
     explicit = samplers is not None
-    names = list(samplers or DEFAULT_SAMPLERS)
-    for name in names:
+    names = list(dict.fromkeys(samplers or DEFAULT_SAMPLERS))
+    specs = {}
+    for spec in names:
+        name, fixed = parse_spec(spec)
         entry = S.get(name)
         if entry.stochastic:
             raise ConfigError(f"sampler {name!r} is stochastic: tune compares deterministic samplers on pathwise error")
-    if "dpmpp_2m" not in names:
+        entry.check_options(fixed)
+        if "afs" in fixed:
+            raise ConfigError(f"sampler spec {spec!r}: leave afs out, the search tries it both ways (--no-afs: never)")
+        specs[spec] = (name, fixed)
+    if "dpmpp_2m" not in specs:
         names.append("dpmpp_2m")  # the default every plan is compared with
+        specs["dpmpp_2m"] = ("dpmpp_2m", {})
     if explicit:  # a sampler the user asked for must fit every budget
-        for name in names:
+        for name, fixed in specs.values():
             for n in budgets:
-                steps_for_nfe(name, n)
+                steps_for_nfe(name, n, **fixed)
     max_steps = max(budgets)  # 1-NFE samplers take the most steps
     if gits and teacher_steps - 1 < max_steps:
         raise ConfigError(f"teacher grid of {teacher_steps} levels is shorter than the student's {max_steps} steps: "
@@ -146,10 +188,11 @@ def search(model, nfe: int | Sequence[int], *, shape: Sequence[int], sigma_min: 
         families.append("rho7")
     jobs = []
     for n in budgets:
-        for name in names:
+        for spec in names:
+            name, fixed = specs[spec]
             entry = S.get(name)
             for use_afs in ([False, True] if afs and "afs" in entry.options else [False]):
-                opts = {"afs": True} if use_afs else {}
+                opts = {**fixed, "afs": True} if use_afs else dict(fixed)
                 try:
                     steps = steps_for_nfe(name, n, **opts)
                 except ConfigError:
@@ -159,7 +202,7 @@ def search(model, nfe: int | Sequence[int], *, shape: Sequence[int], sigma_min: 
                 for fam in families:
                     if name in AMED_SAMPLERS and not (amed and fam in ("rho7", "gits")):
                         continue  # AMED samplers run with fitted (r, c) on the ρ=7 and GITS grids
-                    jobs.append((n, name, fam, opts, steps))
+                    jobs.append((n, spec, fam, opts, steps))
     rows: list[Row] = []
     found: dict[tuple, tuple] = {}
     bar = None
@@ -168,7 +211,8 @@ def search(model, nfe: int | Sequence[int], *, shape: Sequence[int], sigma_min: 
 
         bar = tqdm(total=len(jobs), unit="candidate", dynamic_ncols=True)
     try:
-        for n, name, fam, opts, steps in jobs:
+        for n, spec, fam, opts, steps in jobs:
+            name = specs[spec][0]
             sig = grid_of(fam, steps, name, bool(opts.get("afs")))
             opts = dict(opts)
             if name in AMED_SAMPLERS:
@@ -182,8 +226,8 @@ def search(model, nfe: int | Sequence[int], *, shape: Sequence[int], sigma_min: 
             err = _rms(out, ref_w)
             if not math.isfinite(err):
                 err = math.inf
-            rows.append(Row(n, name, fam, bool(opts.get("afs")), err))
-            found[(n, name, fam, bool(opts.get("afs")))] = (opts, sig, rows[-1])
+            rows.append(Row(n, spec, fam, bool(opts.get("afs")), err))
+            found[(n, spec, fam, bool(opts.get("afs")))] = (opts, sig, rows[-1])
             if bar is not None:
                 bar.update(1)
     finally:
@@ -197,14 +241,15 @@ def search(model, nfe: int | Sequence[int], *, shape: Sequence[int], sigma_min: 
         finalists = list(dict.fromkeys(mine[:top] + [default_key]))
         for key in finalists:
             opts, sig, row = found[key]
-            out = S.get(key[1])(model, lat_h * sig[0], sig, extra_args=extra_args, disable=True, **opts)
+            out = S.get(specs[key[1]][0])(model, lat_h * sig[0], sig, extra_args=extra_args, disable=True, **opts)
             err = _rms(out, ref_h)
             row.heldout = err if math.isfinite(err) else math.inf
         best = min(finalists, key=lambda k: found[k][2].heldout)
         opts, sig, row = found[best]
         default_err = found[default_key][2].heldout
-        plans[n] = Plan(best[1], opts, sig.clone(), S.get(best[1]).nfe(sig, **opts), best[2],
-                        {"warmup": row.warmup, "heldout": row.heldout, "default_heldout": default_err})
+        name = specs[best[1]][0]
+        plans[n] = Plan(name, opts, sig.clone(), S.get(name).nfe(sig, **opts), best[2],
+                        {"warmup": row.warmup, "heldout": row.heldout, "default_heldout": default_err}, best[1])
         log(f"NFE {n}: {plans[n].label}  held-out error {row.heldout:.3e} (default {default_err:.3e})")
     settings = dict(shape=list(shape), sigma_min=sigma_min, sigma_max=sigma_max, seed=seed, warmup=warmup,
                     heldout=heldout, teacher="dopri5", rtol=rtol, teacher_steps=teacher_steps, rhos=list(rhos),
