@@ -30,6 +30,7 @@ from lib.peers import load_k_sampling, version
 from lib.results import write_results
 
 from diffspace import grids, samplers
+from diffspace.errors import ConfigError
 from diffspace.samplers import problems
 from diffspace.samplers.reference import solve
 
@@ -186,7 +187,11 @@ def adaptive_rows(ks, D, x0, ref, err, rtols):
     return rows
 
 
-def tune_rows(D, x0, budgets, ref, err, shape, notes, quick=False):
+GITS_SAMPLERS = [("ipndm", {}), ("ipndm_v", {}), ("dpm_3m", {"lower_order_final": False}), ("dpm_2m", {}),
+                 ("dpmpp_2m", {}), ("euler", {})]
+
+
+def tune_rows(D, x0, budgets, ref, err, shape, notes, quick=False, schedule=None):
     try:
         from diffspace import tune
         from diffspace.tune.gits import steps_for_nfe, teacher_costs
@@ -195,9 +200,9 @@ def tune_rows(D, x0, budgets, ref, err, shape, notes, quick=False):
         return []
     rows = []
     table = teacher_costs(D, shape=shape, warmup=16 if quick else 256)  # one cost matrix for every sampler/budget
-    for sampler in ("ipndm", "dpmpp_2m", "euler"):
+    for sampler, fixed in GITS_SAMPLERS:
         for afs in (False, True) if "afs" in samplers.get(sampler).options else (False,):
-            o = {"afs": True} if afs else {}
+            o = {**fixed, "afs": True} if afs else dict(fixed)
             row = {"library": "diffspace", "sampler": f"{sampler} + GITS", "options": o, "cells": {}}
             for b in budgets:
                 try:
@@ -210,21 +215,35 @@ def tune_rows(D, x0, budgets, ref, err, shape, notes, quick=False):
                 except Exception as e:  # report, do not hide, a failure of the other module
                     row["cells"][b] = {"error": None, "failed": f"{type(e).__name__}: {e}"}
             rows.append(row)
-    if quick:
-        notes.append("tuned (autotune) rows: full mode only (the search takes minutes)")
+    if quick and schedule is None:
+        notes.append("tuned (autotune) rows: full mode only (the search takes minutes), or from --schedule")
         return rows
     try:
-        plans = tune.autotune(D, list(budgets), shape=shape, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
-        plans = list(plans.values()) if isinstance(plans, dict) else [plans]
-        row = {"library": "diffspace", "sampler": "tuned (autotune)", "options": {}, "cells": {}}
+        if schedule is not None:  # plans of `diffspace tune --problem gmm3x32x32` (same problem, same digest)
+            from diffspace.tune.schedule import load_schedule
+
+            plans = []
+            for b in budgets:
+                try:
+                    plans.append(load_schedule(schedule, nfe=b, model=D))
+                except ConfigError:  # no plan for this budget in the file
+                    notes.append(f"{schedule.name} has no plan for NFE {b}")
+            source = f"tuned ({schedule.name})"
+        else:
+            plans = tune.autotune(D, list(budgets), shape=shape, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+            plans = list(plans.values()) if isinstance(plans, dict) else [plans]
+            source = "tuned (autotune)"
+        row = {"library": "diffspace", "sampler": source, "options": {}, "cells": {}}
         for plan in plans:
             model = Counted(D)
             out = plan(model, x0)
             row["cells"][int(plan.nfe)] = {"steps": len(plan.sigmas) - 1, "nfe": model.calls, "error": err(out, ref),
-                                           "plan": {"sampler": plan.sampler, "options": dict(plan.options)}}
+                                           "plan": {"label": plan.label, "sampler": plan.sampler,
+                                                    "options": {k: v for k, v in plan.options.items()
+                                                                if k not in ("r", "c")}}}
         rows.append(row)
     except Exception as e:
-        notes.append(f"autotune failed: {type(e).__name__}: {e}")
+        notes.append(f"tuned rows failed: {type(e).__name__}: {e}")
     return rows
 
 
@@ -294,6 +313,9 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--rtol", type=float, default=1e-10, help="tolerance of the reference solution")
     p.add_argument("--nfe", default="4,5,6,8,10,20")
+    p.add_argument("--schedule", type=Path, default=None,
+                   help="take the tuned rows from this schedule file of `diffspace tune --problem gmm3x32x32` "
+                        "instead of running the search here")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--outdir", type=Path, default=None,
                    help="where to write results (default benchmarks/results; --quick: a new temporary folder)")
@@ -327,7 +349,7 @@ def main() -> None:
         sys.exit(f"--diff-solvers {args.diff_solvers}: no solvers.py there; give diff-sampler's diff-solvers-main")
     else:
         rows += diff_solvers_rows(args.diff_solvers, D, x0, budgets, ref, err)
-    rows += tune_rows(D, x0, budgets, ref, err, problem.shape, notes, quick=args.quick)
+    rows += tune_rows(D, x0, budgets, ref, err, problem.shape, notes, quick=args.quick, schedule=args.schedule)
     adaptive = adaptive_rows(ks, D, x0, ref, err, [0.5, 0.2, 0.05] if args.quick else [0.5, 0.2, 0.1, 0.05, 0.02])
     info = {
         "problem": problem.description, "grid": f"rho={RHO:g}, sigma {SIGMA_MAX:g} -> {SIGMA_MIN:g}, no final 0",
