@@ -52,7 +52,7 @@ def run_all(claims: list[Claim], *, quick: bool, outdir: Path, jobs: int = 1, pr
     todo = [c for c in claims if c.id not in done]
     bar = _bar(len(todo), progress)
     log = log or bar.write
-    if done and todo:
+    if todo and len(todo) < len(claims):
         log(f"resuming: {len(claims) - len(todo)} of {len(claims)} claims already finished in {results}")
     order = list(load_all())
     t0 = time.perf_counter()
