@@ -86,11 +86,11 @@ def sentences(noise: dict | None) -> list[str]:
     rr = noise.get("rerun")
     if rr:
         diff = rr["max_rel_diff"]
-        said = "bit-identical" if diff == 0 else f"at most {diff:.1e} apart (relative)"
+        said = "bit-identical numbers" if diff == 0 else f"numbers at most {diff:.1e} apart (relative)"
         out.append(f"Claims on exact denoisers with fixed seeds are deterministic up to floating-point summation "
-                   f"order: rerunning {', '.join(rr['claims'])} with {rr['threads']} CPU thread(s) gave numbers "
-                   f"{said}, numbers below {noise['floor']:g} compared absolutely. A fresh run matches these "
-                   f"claims' numbers within a relative {noise['tolerance']:g}.")
+                   f"order: rerunning {', '.join(rr['claims'])} with {rr['threads']} CPU thread(s) gave {said} "
+                   f"(numbers below {noise['floor']:g} compared absolutely). A fresh run matches these claims' "
+                   f"numbers within a relative {noise['tolerance']:g}.")
     t2 = noise.get("table2")
     if t2:
         stds = ", ".join(f"{k} {v:.2g}" for k, v in t2["fid_bootstrap_std"].items())
