@@ -80,8 +80,8 @@ def run_all(claims: list[Claim], *, quick: bool, outdir: Path, jobs: int = 1, pr
             bar.update(1)
     bar.close()
     records = [done[c.id] for c in claims]
-    # The report shows every finished claim of this mode in the folder: a run with --only adds to (or redoes
-    # part of) an earlier report instead of replacing it.
+    # The report shows every finished claim of this mode in the folder: a run with --only adds to an earlier
+    # report instead of replacing it (results.json already keeps them all).
     shown = sorted((r for r in done.values() if r["id"] in order), key=lambda r: order.index(r["id"]))
     ran = {c.id for c in todo}
     meta = {**report.machine(), "mode": "quick" if quick else "full", "seconds": time.perf_counter() - t0
