@@ -83,3 +83,25 @@ def test_nan_loss_is_a_clean_error(tmp_path, capsys):
     for p in ckpt.list_checkpoints(run) + ckpt.list_checkpoints(run, "network-snapshot"):
         tensors, _ = ckpt.read_tensors(p)  # every file left behind is complete and finite
         assert all(torch.isfinite(v).all() for v in tensors.values() if v.is_floating_point())
+
+
+def test_loss_apart_from_preconditioning_and_ema_rampup(tmp_path):
+    """--precond edm --loss vp: EDM's c_skip/c_out/c_in/c_noise trained with the VP noise distribution and
+    weight (EDM Table 2, config D); --ema-rampup none turns the EMA ramp-up off."""
+    run = tmp_path / "d"
+    assert main([*BASE, "--duration", "0.00032", "--outdir", str(run), "--precond", "edm", "--loss", "vp",
+                 "--ema-rampup", "none"]) == 0
+    _, _, config = ckpt.load_training_state(ckpt.list_checkpoints(run)[0])
+    assert config["train"]["precond"] == "edm" and config["train"]["loss"] == "vp"
+    assert config["loss"].startswith("VPLoss(") and config["train"]["ema_rampup"] is None
+    assert config["network"]["precond"]["class"] == "EDMPrecond"
+    default = tmp_path / "e"
+    assert main([*BASE, "--duration", "0.00032", "--outdir", str(default), "--ema-rampup", "0.1"]) == 0
+    _, _, config = ckpt.load_training_state(ckpt.list_checkpoints(default)[0])
+    assert config["loss"].startswith("EDMLoss(") and config["train"]["loss"] is None
+    assert config["train"]["ema_rampup"] == 0.1
+
+
+def test_bad_ema_rampup(tmp_path, capsys):
+    assert main([*BASE, "--duration", "0.0001", "--outdir", str(tmp_path / "x"), "--ema-rampup", "0"]) == 2
+    assert "--ema-rampup=0.0 is invalid" in _err(capsys)

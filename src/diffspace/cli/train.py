@@ -43,6 +43,16 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not a list of integers: use e.g. 1,2,2,2") from None
 
 
+def _ratio_or_none(text: str) -> float | str:
+    """A ratio, or 'none' (kept as the string: None would mean 'not given')."""
+    if str(text).strip().lower() == "none":
+        return "none"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number: use e.g. 0.05, or none") from None
+
+
 def _flag(parser, name: str, help: str) -> None:
     """A boolean option usable as `--x`, `--x=1` or `--x=false` (EDM writes `--cond=1`)."""
     parser.add_argument(name, type=_bool, nargs="?", const=True, default=None, metavar="BOOL", help=help)
@@ -58,6 +68,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--arch", help="network: ddpmpp | ncsnpp | adm | ddpmpp-small | ncsnpp-small | mlp "
                                   "(default ddpmpp)")
     g.add_argument("--precond", choices=("vp", "ve", "edm"), help="preconditioning and loss (default edm)")
+    g.add_argument("--loss", choices=("vp", "ve", "edm"), help="training loss (noise distribution and weight) when "
+                                                               "it differs from --precond's, e.g. --precond edm "
+                                                               "--loss vp (EDM Table 2, config D)")
     g.add_argument("--cbase", type=int, help="network base channels (model_channels / MLP hidden width)")
     g.add_argument("--cres", type=_int_list, help="channel multipliers per resolution, e.g. 1,2,2,2")
     g.add_argument("--dropout", type=float, help="dropout probability (default: the preset's, 0.13 for ddpmpp)")
@@ -78,6 +91,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--lr", type=float, help="Adam learning rate (default 10e-4)")
     g.add_argument("--lr-rampup", type=float, help="learning-rate warm-up in Mimg (default 10)")
     g.add_argument("--ema", type=float, help="EMA half-life in Mimg (default 0.5)")
+    g.add_argument("--ema-rampup", type=_ratio_or_none, help="EMA ramp-up ratio: the half-life is at most this "
+                                                            "times the images seen so far (default 0.05; 'none': off)")
     g.add_argument("--augment", type=float, help="augmentation probability p (default 0.12 images, 0 points)")
     g.add_argument("--augment-kwargs", type=_json_dict, help="JSON object of augmentation multipliers")
     g.add_argument("--leak-augment", action="store_true", default=None,
@@ -118,7 +133,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # Options copied as they are into TrainConfig.
-_DIRECT = ("data", "cond", "arch", "precond", "dropout", "resolution", "transform", "max_size", "xflip", "batch",
+_DIRECT = ("data", "cond", "arch", "precond", "loss", "dropout", "resolution", "transform", "max_size", "xflip",
+           "batch",
            "batch_gpu", "duration", "lr", "lr_rampup", "ema", "augment", "augment_kwargs", "seed", "compile",
            "channels_last", "workers", "device", "tick", "snap", "dump", "sample_every", "grid", "grid_steps",
            "sigma_data", "net_kwargs", "loss_kwargs", "threads", "bench", "transfer", "desc", "subdir")
@@ -140,6 +156,8 @@ def options_from_args(args: argparse.Namespace) -> dict:
         raise ConfigError("--fp16 and --bf16 are exclusive: choose one")
     if args.fp16 is not None or args.bf16 is not None:
         opts["precision"] = "fp16" if args.fp16 else ("bf16" if args.bf16 else "fp32")
+    if getattr(args, "ema_rampup", None) is not None:
+        opts["ema_rampup"] = None if args.ema_rampup == "none" else args.ema_rampup
     if args.leak_augment:
         opts["augment_label"] = False
     if args.no_progress:

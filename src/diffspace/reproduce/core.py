@@ -53,7 +53,7 @@ def claim(id: str, *, source: str, title: str, prediction: str, quick: bool = Tr
 def load_all() -> dict[str, Claim]:
     import importlib
 
-    for module in ("edm", "li", "geometry"):
+    for module in ("edm", "table2", "li", "geometry"):
         importlib.import_module(f"diffspace.reproduce.{module}")
     return CLAIMS
 

@@ -10,6 +10,7 @@ import platform
 from pathlib import Path
 
 from diffspace.reproduce.core import FAIL, NOT_AVAILABLE, PASS, REPORTED
+from diffspace.reproduce.noise import sentences
 
 COLOURS = {PASS: "#1a7f37", FAIL: "#cf222e", REPORTED: "#0969da", NOT_AVAILABLE: "#6e7781"}
 
@@ -44,6 +45,9 @@ def markdown(records: list[dict], meta: dict) -> str:
                  f"{r['seconds']:.1f}"]
         lines.append("| " + " | ".join(c.replace("|", "/").replace("\n", " ") for c in cells) + " |")
     lines.append("")
+    noise = sentences(meta.get("noise"))
+    if noise:
+        lines += ["## Run-to-run noise", "", " ".join(noise), ""]
     for r in records:
         lines += [f"## {r['id']}: {r['title']}", "", f"- Source: {r['source']}", f"- Prediction: {r['prediction']}",
                   f"- Measured: {r['measurement']}", f"- Verdict: **{r['verdict']}**",
@@ -76,6 +80,8 @@ def page(records: list[dict], meta: dict, figures: Path) -> str:
                         f"<b>Measured:</b> {e(r['measurement'])}<br><b>Verdict:</b> "
                         f"<span style=\"color:{COLOURS[r['verdict']]}\">{e(r['verdict'])}</span><br>"
                         f"<b>Command:</b> <code>{e(r['command'])}</code> (seed {r['seed']})</p>{fig}</section>")
+    said = sentences(meta.get("noise"))
+    noise = f"<h2 id=\"noise\">Run-to-run noise</h2><p>{e(' '.join(said))}</p>" if said else ""
     head = (f"diffspace {e(meta['diffspace'])}, torch {e(meta['torch'])}, Python {e(meta['python'])}; "
             f"{e(meta['machine'])}; mode: {e(meta['mode'])}; {meta['seconds']:.0f} s in all")
     return f"""<!DOCTYPE html>
@@ -87,7 +93,7 @@ img{{max-width:100%}}code{{background:#f6f8fa}}</style></head>
 <p>{e(", ".join(f"{k} {v}" for k, v in counts.items()))}</p>
 <table><tr><th>claim</th><th>source</th><th>prediction</th><th>measurement</th><th>verdict</th><th>s</th></tr>
 {"".join(rows)}</table>
-{"".join(sections)}
+{noise}{"".join(sections)}
 </body></html>
 """
 

@@ -1,5 +1,6 @@
 """Running a set of claims into a report folder, in parallel processes, resuming the claims a previous run of
-the same mode finished (they are kept in results.json, rewritten after every claim)."""
+the same mode finished (they are kept in results.json, rewritten after every claim). The report shows every
+finished claim of the mode, so `--only` adds to an existing report."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
-from diffspace.reproduce import report
+from diffspace.reproduce import noise, report
 from diffspace.reproduce.core import VERDICTS, Claim, load_all, run_claim
 
 
@@ -51,14 +52,15 @@ def run_all(claims: list[Claim], *, quick: bool, outdir: Path, jobs: int = 1, pr
     todo = [c for c in claims if c.id not in done]
     bar = _bar(len(todo), progress)
     log = log or bar.write
-    if done and todo:
+    if todo and len(todo) < len(claims):
         log(f"resuming: {len(claims) - len(todo)} of {len(claims)} claims already finished in {results}")
     order = list(load_all())
     t0 = time.perf_counter()
 
     def finish(record: dict) -> None:
         done[record["id"]] = record
-        report.save_results(results, sorted(done.values(), key=lambda r: order.index(r["id"])))
+        report.save_results(results, sorted((r for r in done.values() if r["id"] in order),
+                                            key=lambda r: order.index(r["id"])))
         log(f"{record['id']:10s} {record['verdict']:13s} {record['seconds']:7.1f} s  {record['measurement']}")
 
     if todo:
@@ -78,9 +80,14 @@ def run_all(claims: list[Claim], *, quick: bool, outdir: Path, jobs: int = 1, pr
             bar.update(1)
     bar.close()
     records = [done[c.id] for c in claims]
+    # The report shows every finished claim of this mode in the folder: a run with --only adds to an earlier
+    # report instead of replacing it (results.json already keeps them all).
+    shown = sorted((r for r in done.values() if r["id"] in order), key=lambda r: order.index(r["id"]))
+    ran = {c.id for c in todo}
     meta = {**report.machine(), "mode": "quick" if quick else "full", "seconds": time.perf_counter() - t0
-            + sum(r["seconds"] for r in records if r["id"] not in {c.id for c in todo})}
-    report.write(outdir, records, meta)
+            + sum(r["seconds"] for r in shown if r["id"] not in ran)}
+    meta["noise"] = noise.measure(shown)
+    report.write(outdir, shown, meta)
     return records
 
 

@@ -14,9 +14,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 TRAIN_PRECONDS = ("vp", "ve", "edm")
 
 # Options that define what is trained: a resumed run must keep them.
-IDENTITY_FIELDS = ("data", "cond", "arch", "precond", "batch", "lr", "lr_rampup", "ema", "ema_rampup", "dropout",
-                   "augment", "augment_label", "augment_kwargs", "xflip", "seed", "resolution", "transform",
-                   "max_size", "sigma_data", "net_kwargs", "loss_kwargs")
+IDENTITY_FIELDS = ("data", "cond", "arch", "precond", "loss", "batch", "lr", "lr_rampup", "ema", "ema_rampup",
+                   "dropout", "augment", "augment_label", "augment_kwargs", "xflip", "seed", "resolution",
+                   "transform", "max_size", "sigma_data", "net_kwargs", "loss_kwargs")
 
 
 @dataclass
@@ -30,6 +30,7 @@ class TrainConfig:
     outdir: str                                 # Run folder (created; holds config, stats, checkpoints).
     arch: str = "ddpmpp"                        # Network preset: ddpmpp|ncsnpp|adm|ddpmpp-small|ncsnpp-small|mlp.
     precond: str = "edm"                        # Preconditioning and loss: vp|ve|edm.
+    loss: str | None = None                     # Training loss vp|ve|edm when it differs (None = the precond's).
     cond: bool = False                          # Class-conditional (needs labels).
     batch: int = 512                            # Global batch size.
     batch_gpu: int | None = None                # Examples per process per accumulation round (None = all).
@@ -75,6 +76,10 @@ class TrainConfig:
 
         if self.precond not in TRAIN_PRECONDS:
             bad("precond", self.precond, f"choose one of {', '.join(TRAIN_PRECONDS)} (iDDPM has no training loss)")
+        if self.loss is not None and self.loss not in TRAIN_PRECONDS:
+            bad("loss", self.loss, f"choose one of {', '.join(TRAIN_PRECONDS)} (default: the --precond's)")
+        if self.ema_rampup is not None and not (math.isfinite(self.ema_rampup) and self.ema_rampup > 0):
+            bad("ema_rampup", self.ema_rampup, "use a finite number > 0, or 'none' to disable the ramp-up")
         if self.precision not in PRECISIONS:
             bad("precision", self.precision, f"choose one of {', '.join(PRECISIONS)}")
         if int(self.batch) != self.batch or self.batch < 1:

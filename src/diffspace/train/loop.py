@@ -239,8 +239,8 @@ def _loop(cfg, device, rank, world, outdir, runlog, dataset, is_image, shape, la
           net, net_config, found, per_rank, batch_gpu, deadline, command) -> dict:
     from diffspace import __version__
 
-    loss_fn = build_loss(cfg.precond, **({"sigma_data": sigma_data} if cfg.precond == "edm" else {}),
-                         **cfg.loss_kwargs)
+    loss_name = cfg.loss or cfg.precond  # e.g. EDM preconditioning trained with the VP loss (EDM Table 2, D)
+    loss_fn = build_loss(loss_name, **({"sigma_data": sigma_data} if loss_name == "edm" else {}), **cfg.loss_kwargs)
     optimizer = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8)
     ema = EMA(net, cfg.ema, cfg.ema_rampup)
     full_config = {"train": cfg.to_dict(), "network": net_config, "data": data_info, "sigma_data": sigma_data,
