@@ -20,7 +20,7 @@ from diffspace.reproduce.core import REPORTED, FeatureMissing, Outcome, claim
 
 SRC = "Karras et al. 2022 (EDM)"
 THREADS = 2                  # CPU threads of training and sampling (stated in the measurement)
-KIMG = 10.0                  # training images per configuration, thousands (full run: ~25 minutes on 2 cores)
+KIMG = 10.0                  # training images per configuration, thousands (full run: 27 CPU minutes)
 IMAGES = 500                 # generated images per configuration scored by FID/KID
 REFERENCE = 2000             # held-out test images in the FID/KID reference
 FEATURE_IMAGES = 12_000      # training images of the feature network (1 epoch, as the demo)
