@@ -226,8 +226,8 @@ def tune_rows(D, x0, budgets, ref, err, shape, notes, quick=False, schedule=None
             for b in budgets:
                 try:
                     plans.append(load_schedule(schedule, nfe=b, model=D))
-                except ConfigError:  # no plan for this budget in the file
-                    notes.append(f"{schedule.name} has no plan for NFE {b}")
+                except ConfigError as e:  # e.g. no plan for this budget in the file
+                    notes.append(f"tuned row, NFE {b}: {e}")
             source = f"tuned ({schedule.name})"
         else:
             plans = tune.autotune(D, list(budgets), shape=shape, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
