@@ -1,8 +1,8 @@
 """Low-NFE sampling of a trained Fashion-MNIST 32×32 model: small-data FID/KID of ρ=7 grids vs GITS vs AMED vs
 the `diffspace tune` plan, at NFE 4, 5, 6, 8, 10 — the comparison GITS and AMED publish, on our own model.
 
-    python benchmarks/lownfe_fmnist.py --network RUN --features FEAT.safetensors --schedule PLAN.json \
-        [--images 5000] [--nfe 4,5,6,8,10]
+    python benchmarks/lownfe_fmnist.py --network CKPT --features FEAT.safetensors --schedule PLAN.json \
+        [--images 5000] [--nfe 4,5,6,8,10] [--reuse EARLIER.json]
     python benchmarks/lownfe_fmnist.py --quick      # smoke run: an untrained network, a few images
 
 Rows: dpmpp_2m and ipndm on the ρ=7 grid; ipndm on the GITS grid (`--gits` adds samplers; cost matrix from 256
@@ -10,8 +10,9 @@ iPNDM teacher trajectories on 61 levels); AMED-Plugin on iPNDM (`amed_ipndm`, pe
 warm-up seeds on the ρ=7 grid); the plan `diffspace tune --network RUN` chose for each budget. Every row samples
 the same latents (seeds 100 000 … 100 000 + images − 1, none of which the tuner or GITS/AMED saw), σ 80 → 0.002
 without a final step to 0, float64 sampling of the float32 network; FID/KID of the uint8 images against the
-Fashion-MNIST test set padded to 32×32 like the training data, in the features of a small classifier
-(`diffspace features train`). The floor is as many real training images against the same reference.
+Fashion-MNIST test set, in the features of a small classifier trained on the 28×28 images (`diffspace features
+train`; the generated 32×32 images are cropped back to the 28×28 inside the padding). The floor is as many real
+training images against the same reference.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from lib.results import write_results  # noqa: E402
 from diffspace import samplers, tune  # noqa: E402
 from diffspace.design import grids  # noqa: E402
 from diffspace.generate import to_uint8  # noqa: E402
+from diffspace.metrics.features import sha256_file  # noqa: E402
 from diffspace.metrics.fid import fid_from_features  # noqa: E402
 from diffspace.metrics.kid import kid  # noqa: E402
 from diffspace.tune.gits import _latents, steps_for_nfe, teacher_costs  # noqa: E402
@@ -72,6 +74,11 @@ def quick_features(images: np.ndarray):
 
 
 def features_of(extractor, images_nchw: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Features of uint8 images; 32×32 images are cropped to a 28×28 feature network's input (the padding goes)."""
+    res = extractor.net.config["resolution"]
+    if images_nchw.shape[-1] > res:
+        top = (images_nchw.shape[-1] - res) // 2
+        images_nchw = images_nchw[..., top:top + res, top:top + res]
     out = []
     with torch.no_grad():
         for i in range(0, len(images_nchw), batch):
@@ -95,23 +102,30 @@ def rho7(steps: int) -> torch.Tensor:
     return grids.edm(steps + 1, SIGMA_MIN, SIGMA_MAX, 7.0, append_zero=False)
 
 
-def configs(model, budgets, plans, *, gits_samplers, gits_warmup: int, amed_warmup: int,
-            log) -> dict[str, dict[int, tuple]]:
-    """Row -> NFE -> (sampler, σ grid, options)."""
-    log(f"GITS cost matrix from {gits_warmup} iPNDM teacher trajectories")
-    table = teacher_costs(model, shape=SHAPE, warmup=gits_warmup, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+AMED_ROW = "AMED-Plugin (amed_ipndm), rho=7"
+
+
+def configs(model, budgets, plans, *, gits_samplers, gits_warmup: int, amed_warmup: int, log,
+            skip=frozenset()) -> dict[str, dict[int, tuple]]:
+    """Row -> NFE -> (sampler, σ grid, options), leaving out the rows named in `skip` (taken from an earlier run:
+    their GITS cost matrix and AMED fits are not recomputed)."""
     rows: dict[str, dict[int, tuple]] = {}
     for name in ("dpmpp_2m", "ipndm"):
         rows[f"{name}, rho=7"] = {n: (name, rho7(steps_for_nfe(name, n)), {}) for n in budgets}
-    for name in gits_samplers:
-        rows[f"{name}, GITS"] = {n: (name, table.grid(name, steps_for_nfe(name, n)), {}) for n in budgets}
-    amed = {}
-    for n in budgets:
-        sig = rho7(steps_for_nfe("amed_ipndm", n))
-        log(f"AMED (r, c) for NFE {n}: {len(sig) - 1} steps, {amed_warmup} warm-up seeds")
-        fit = tune.fit_amed(model, sig, shape=SHAPE, sampler="amed_ipndm", warmup=amed_warmup)
-        amed[n] = ("amed_ipndm", sig, {"r": fit["r"], "c": fit["c"]})
-    rows["AMED-Plugin (amed_ipndm), rho=7"] = amed
+    gits_rows = [name for name in gits_samplers if f"{name}, GITS" not in skip]
+    if gits_rows:
+        log(f"GITS cost matrix from {gits_warmup} iPNDM teacher trajectories")
+        table = teacher_costs(model, shape=SHAPE, warmup=gits_warmup, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+        for name in gits_rows:
+            rows[f"{name}, GITS"] = {n: (name, table.grid(name, steps_for_nfe(name, n)), {}) for n in budgets}
+    if AMED_ROW not in skip:
+        amed = {}
+        for n in budgets:
+            sig = rho7(steps_for_nfe("amed_ipndm", n))
+            log(f"AMED (r, c) for NFE {n}: {len(sig) - 1} steps, {amed_warmup} warm-up seeds")
+            fit = tune.fit_amed(model, sig, shape=SHAPE, sampler="amed_ipndm", warmup=amed_warmup)
+            amed[n] = ("amed_ipndm", sig, {"r": fit["r"], "c": fit["c"]})
+        rows[AMED_ROW] = amed
     if plans:
         rows["tuned plan"] = {n: (p.sampler, p.sigmas, dict(p.options)) for n, p in plans.items() if n in budgets}
     return rows
@@ -126,6 +140,9 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=5000, help="generated images per row and budget (default 5000)")
     ap.add_argument("--nfe", default="4,5,6,8,10")
     ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--reuse", type=Path, default=None,
+                    help="results JSON of an earlier run with the same network, features and images: its cells "
+                         "with the same sampler, grid and options are taken, not sampled again")
     ap.add_argument("--gits", default="ipndm", help="samplers run on the GITS grid (default ipndm, GITS's own "
                                                     "choice; dpmpp_2m,ipndm for both)")
     ap.add_argument("--quick", action="store_true", help="smoke run: untrained network, 64 images, NFE 5")
@@ -135,6 +152,8 @@ def main() -> None:
     if args.quick:
         args.images, args.nfe = 64, "5"
     budgets = [int(v) for v in args.nfe.split(",")]
+    if args.reuse is not None and not args.reuse.is_file():
+        ap.error(f"--reuse {args.reuse}: no such file")
     ref = reference_images(200 if args.quick else None)
     if args.quick:
         model, source, plans = build_quick_model(), "untrained network (quick)", {}
@@ -163,17 +182,20 @@ def main() -> None:
              "kid": kid(features_of(extractor, real), feats_ref, num_subsets=50)[0]}
     print(f"real (train) vs reference: FID {floor['fid']:.2f}, KID {floor['kid']:.5f}", flush=True)
     t0 = time.time()
+    old = reused_rows(args, budgets) if args.reuse else {}
     rows = configs(model, budgets, plans, gits_samplers=args.gits.split(","), gits_warmup=gits_warmup,
-                   amed_warmup=amed_warmup,
-                   log=lambda m: print(m, flush=True))
+                   amed_warmup=amed_warmup, log=lambda m: print(m, flush=True), skip=frozenset(old))
     t_setup = time.time() - t0
     seeds = range(FIRST_SEED, FIRST_SEED + args.images)
-    results: dict[str, dict[int, dict]] = {}
-    done: dict[tuple, dict] = {}  # identical (sampler, grid, options) are sampled once
+    results: dict[str, dict[int, dict]] = dict(old)
+    # Identical (sampler, grid, options) are sampled once, also across runs.
+    done = {cell_key(c["sampler"], c["sigmas"], c["options"]): c for per in old.values() for c in per.values()}
     for label, per_nfe in rows.items():
+        if label in old:
+            continue
         results[label] = {}
         for n, (name, sig, opts) in per_nfe.items():
-            key = (name, tuple(float(s) for s in sig), json.dumps(opts, sort_keys=True, default=str))
+            key = cell_key(name, sig, opts)
             if key not in done:
                 t1 = time.time()
                 images = sample_images(model, name, sig, opts, seeds, args.batch)
@@ -181,7 +203,7 @@ def main() -> None:
                 k_mean, k_std = kid(feats, feats_ref, num_subsets=50)
                 done[key] = {"fid": fid_from_features(feats, feats_ref), "kid": k_mean, "kid_std": k_std,
                              "nfe": samplers.get(name).nfe(sig, **opts), "seconds": time.time() - t1}
-            results[label][n] = {**done[key], "sampler": name, "options": _plain(opts),
+            results[label][n] = {**{k: done[key][k] for k in CELL}, "sampler": name, "options": _plain(opts),
                                  "sigmas": [float(s) for s in sig]}
             r = results[label][n]
             print(f"{label:34s} NFE {n:2d} (used {r['nfe']:2d}): FID {r['fid']:8.2f}  KID {r['kid']:.5f}  "
@@ -189,11 +211,34 @@ def main() -> None:
     md = markdown(results, budgets, floor, args, source, t_setup, time.time() - t_start)
     print(md)
     meta = {"network": source, "features": args.features, "schedule": args.schedule, "images": args.images,
+            "network_sha256": None if args.quick else sha256_file(args.network),
+            "features_sha256": None if args.quick else sha256_file(args.features),
             "first_seed": FIRST_SEED, "floor": floor, "machine": cpu_name(), "platform": platform.platform(),
             "threads": torch.get_num_threads(), "setup_seconds": t_setup, "seconds": time.time() - t_start}
     data = {"meta": meta, "rows": {k: {str(n): v for n, v in r.items()} for k, r in results.items()}}
     for path in write_results("lownfe_fmnist", data, md, quick=args.quick):
         print(f"wrote {path}")
+
+
+def cell_key(name: str, sigmas, options: dict) -> tuple:
+    return name, tuple(round(float(s), 12) for s in sigmas), json.dumps(_plain(options), sort_keys=True)
+
+
+CELL = ("fid", "kid", "kid_std", "nfe", "seconds")
+
+
+def reused_rows(args, budgets) -> dict[str, dict[int, dict]]:
+    """Rows of an earlier results file (budgets of this run only); refused when it measured something else."""
+    old = json.loads(args.reuse.read_text())
+    meta = old["meta"]
+    for what, mine in (("network_sha256", sha256_file(args.network)), ("features_sha256", sha256_file(args.features)),
+                       ("images", args.images), ("first_seed", FIRST_SEED)):
+        if meta.get(what) != mine:
+            sys.exit(f"--reuse {args.reuse}: its {what} is {meta.get(what)!r}, this run's is {mine!r}; "
+                     "reuse only a run of the same network, features and images")
+    rows = {label: {int(n): c for n, c in per.items() if int(n) in budgets} for label, per in old["rows"].items()
+            if label != "tuned plan"}  # the plan comes from this run's --schedule
+    return {label: per for label, per in rows.items() if set(per) == set(budgets)}
 
 
 def _plain(opts: dict) -> dict:
@@ -206,11 +251,12 @@ def markdown(results, budgets, floor, args, source, t_setup, seconds) -> str:
              f"{torch.get_num_threads()} threads; {seconds / 60:.1f} min in all ({t_setup:.0f} s for GITS/AMED "
              "fitting).", "",
              f"Floor ({args.images} real training images vs the test set): FID {floor['fid']:.2f}, "
-             f"KID {floor['kid']:.5f}.",
-             "", "FID (KID ×1000 in brackets); a cell's NFE is the budget, the sampler may use one less.", "",
+             f"KID {floor['kid']:.3g}.",
+             "", "FID (KID in brackets: unbiased, so it can be below 0; its scale follows the features'); a cell's "
+             "NFE is the budget, the sampler may use one less.", "",
              "| method | " + " | ".join(f"NFE {n}" for n in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for label, per_nfe in results.items():
-        cells = [f"{per_nfe[n]['fid']:.4g} ({1000 * per_nfe[n]['kid']:.1f})" if n in per_nfe else "–"
+        cells = [f"{per_nfe[n]['fid']:.4g} ({per_nfe[n]['kid']:.3g})" if n in per_nfe else "–"
                  for n in budgets]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     if "tuned plan" in results:
