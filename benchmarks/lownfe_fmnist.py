@@ -147,7 +147,6 @@ def main() -> None:
                                                     "choice; dpmpp_2m,ipndm for both)")
     ap.add_argument("--quick", action="store_true", help="smoke run: untrained network, 64 images, NFE 5")
     args = ap.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
     t_start = time.time()
     if args.quick:
         args.images, args.nfe = 64, "5"

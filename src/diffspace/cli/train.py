@@ -134,8 +134,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 # Options copied as they are into TrainConfig.
 _DIRECT = ("data", "cond", "arch", "precond", "loss", "dropout", "resolution", "transform", "max_size", "xflip",
-           "batch",
-           "batch_gpu", "duration", "lr", "lr_rampup", "ema", "augment", "augment_kwargs", "seed", "compile",
+           "batch", "batch_gpu", "duration", "lr", "lr_rampup", "ema", "augment", "augment_kwargs", "seed", "compile",
            "channels_last", "workers", "device", "tick", "snap", "dump", "sample_every", "grid", "grid_steps",
            "sigma_data", "net_kwargs", "loss_kwargs", "threads", "bench", "transfer", "desc", "subdir")
 
