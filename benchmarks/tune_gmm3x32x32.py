@@ -1,10 +1,10 @@
 """Low-NFE tuning on the exact gmm3x32x32 mixture: ρ=7 grid vs GITS vs AMED vs `diffspace tune`'s plan.
 
-Endpoint error (RMS per coordinate, mean over 64 evaluation seeds that neither the tuner nor GITS/AMED saw)
+Endpoint error (RMS per coordinate, mean over `--eval` seeds (default 64) that neither the tuner nor GITS/AMED saw)
 against an adaptive Dormand–Prince solution (rtol 1e-8), σ 80 → 0.002, no final step to 0. Writes
 benchmarks/results/tune_gmm3x32x32.{json,md}. `--quick`: NFE 5 only, fewer seeds (a smoke run).
 
-    OMP_NUM_THREADS=1 python benchmarks/tune_gmm3x32x32.py [--quick] [--seeds 32] [--schedule FILE]
+    OMP_NUM_THREADS=1 python benchmarks/tune_gmm3x32x32.py [--quick] [--seeds 32] [--eval 64] [--schedule FILE]
 
 `--schedule FILE` evaluates the plans of a schedule file written by
 `diffspace tune --problem gmm3x32x32 --nfe 4,5,6,8,10 --out FILE` instead of searching here.
@@ -36,10 +36,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--seeds", type=int, default=32, help="warm-up and held-out seeds of the tuner (default 32)")
+    ap.add_argument("--eval", type=int, default=64, help="evaluation seeds 10 000, 10 001, ... (default 64)")
     ap.add_argument("--schedule", type=Path, default=None, help="plans from this schedule file (no search here)")
     args = ap.parse_args()
     budgets = [5] if args.quick else [4, 5, 6, 8, 10]
-    warmup, heldout, n_eval = (8, 8, 8) if args.quick else (args.seeds, args.seeds, 64)
+    warmup, heldout, n_eval = (8, 8, 8) if args.quick else (args.seeds, args.seeds, args.eval)
     P = problems.get("gmm3x32x32")
     D = P.denoiser
     t0 = time.time()
