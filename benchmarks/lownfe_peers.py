@@ -270,23 +270,18 @@ def markdown(info: dict) -> str:
             else:
                 cells.append(f"{c['error']:.2e}" + ("*" if c["nfe"] != b else ""))
         lines.append(f"| {label(row)} | " + " | ".join(cells) + " |")
-    far = info.get("far", FAR)
+    far = info["far"]
     for key, by, title in (("best", "error", "Best per library by the batch mean (mean; median, samples with "
                                                    f"error > {far:g}; sampler):"),
                            ("best_median", "median", "Best per library by the batch median (median; mean, samples "
                                                      f"with error > {far:g}; sampler):")):
-        if key not in info:
-            continue
         lines += ["", title, "", "| NFE | diffspace | k-diffusion | diff-solvers | best peer / best diffspace |",
                   "|---|---|---|---|---|"]
         other = "median" if by == "error" else "error"
         for b, best in info[key].items():
             def fmt(lib, best=best, by=by, other=other):
                 e = best.get(lib)
-                if not e:
-                    return "–"
-                extra = f"; {e[other]:.2e}, {e['far']}" if other in e else ""
-                return f"{e[by]:.2e}{extra} ({e['label']})"
+                return f"{e[by]:.2e}; {e[other]:.2e}, {e['far']} ({e['label']})" if e else "–"
             ratio = best.get("ratio")
             lines.append(f"| {b} | {fmt('diffspace')} | {fmt('k-diffusion')} | {fmt('diff-solvers')} | "
                          f"{'–' if ratio is None else f'{ratio:.2f}'} |")
