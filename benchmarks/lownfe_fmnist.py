@@ -193,6 +193,14 @@ def main() -> None:
     results: dict[str, dict[int, dict]] = dict(old)
     # Identical (sampler, grid, options) are sampled once, also across runs.
     done = {cell_key(c["sampler"], c["sigmas"], c["options"]): c for per in old.values() for c in per.values()}
+
+    def measure(name: str, sig, opts: dict) -> dict:
+        t1 = time.time()
+        feats = features_of(extractor, sample_images(model, name, sig, opts, seeds, args.batch))
+        k_mean, k_std = kid(feats, feats_ref, num_subsets=50)
+        return {"fid": fid_from_features(feats, feats_ref), "kid": k_mean, "kid_std": k_std,
+                "nfe": samplers.get(name).nfe(sig, **opts), "seconds": time.time() - t1}
+
     for label, per_nfe in rows.items():
         if label in old:
             continue
@@ -200,12 +208,7 @@ def main() -> None:
         for n, (name, sig, opts) in per_nfe.items():
             key = cell_key(name, sig, opts)
             if key not in done:
-                t1 = time.time()
-                images = sample_images(model, name, sig, opts, seeds, args.batch)
-                feats = features_of(extractor, images)
-                k_mean, k_std = kid(feats, feats_ref, num_subsets=50)
-                done[key] = {"fid": fid_from_features(feats, feats_ref), "kid": k_mean, "kid_std": k_std,
-                             "nfe": samplers.get(name).nfe(sig, **opts), "seconds": time.time() - t1}
+                done[key] = measure(name, sig, opts)
             results[label][n] = {**{k: done[key][k] for k in CELL}, "sampler": name, "options": _plain(opts),
                                  "sigmas": [float(s) for s in sig]}
             r = results[label][n]
@@ -218,11 +221,7 @@ def main() -> None:
         if old_ref and old_ref["sigmas"] == [float(s) for s in sig]:
             reference = old_ref
         else:
-            t1 = time.time()
-            feats = features_of(extractor, sample_images(model, "heun", sig, {}, seeds, args.batch))
-            reference = {"sampler": "heun", "nfe": samplers.get("heun").nfe(sig), "sigmas": [float(s) for s in sig],
-                         "fid": fid_from_features(feats, feats_ref), "kid": kid(feats, feats_ref, num_subsets=50)[0],
-                         "seconds": time.time() - t1}
+            reference = {"sampler": "heun", "sigmas": [float(s) for s in sig], **measure("heun", sig, {})}
         print(f"reference (heun, {args.reference_steps} steps, NFE {reference['nfe']}): FID {reference['fid']:.2f}",
               flush=True)
     md = markdown(results, budgets, floor, reference, args, source, t_setup, time.time() - t_start)
